@@ -1,0 +1,514 @@
+"""``OptimizerConfig``: the common fields, their validation, the registry and the build template.
+
+The contract is Levanter's: a frozen dataclass registered by name on a draccus
+``ChoiceRegistry`` (so YAML and the CLI choose it with ``type: name``), whose
+``build(num_train_steps)`` returns an optax transformation. Our own optimizers only name their
+update direction; the base class assembles
+
+    inject_hyperparams(
+        chain(clip_by_global_norm, direction, add_decayed_weights(wd, mask), scale_by_learning_rate(lr))
+    )(learning_rate=lr_schedule, weight_decay=wd_schedule)
+
+so the injected state stays outermost (trainers read ``opt_state.hyperparams``) and every
+optimizer gets the same clip, decay mask and schedules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import draccus
+import optax
+import yaml
+
+from marin_optim.errors import ConfigError, did_you_mean
+from marin_optim.params import weight_decay_mask
+from marin_optim.schedules import (
+    ScheduleConfig,
+    ScheduleContext,
+    build_lr_schedule,
+    parse_schedule,
+    weight_decay_schedule,
+)
+from marin_optim.transforms.clipping import clip_by_global_norm
+
+logger = logging.getLogger(__name__)
+
+Duration = int | float
+"""An ``int`` is a count of steps (or tokens, with ``schedule_units: tokens``); a ``float`` in
+``[0, 1]`` is a fraction of the run (or of the cycle)."""
+
+# Fields that, by the usual naming convention, are exponential-moving-average rates in [0, 1).
+_RATE_FIELDS = ("beta1", "beta2", "beta3", "b1", "b2", "b3", "momentum", "muon_beta2")
+_NONNEGATIVE_FIELDS = ("epsilon", "eps", "weight_decay", "muon_epsilon")
+
+
+def check_range(
+    cfg: Any,
+    name: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    allow_none: bool = False,
+) -> None:
+    """Raises ``ConfigError`` unless ``lo <= cfg.name <= hi`` (strict where ``*_open``)."""
+    value = getattr(cfg, name)
+    if value is None and allow_none:
+        return
+    where = _where(cfg, name)
+    if not _is_number(value):
+        raise ConfigError(f"{where}={value!r}: expected a number")
+    lo_ok = lo is None or (value > lo if lo_open else value >= lo)
+    hi_ok = hi is None or (value < hi if hi_open else value <= hi)
+    if not (lo_ok and hi_ok):
+        left = "-inf" if lo is None else f"{lo:g}"
+        right = "inf" if hi is None else f"{hi:g}"
+        interval = (
+            f"{'(' if lo_open or lo is None else '['}{left}, {right}{')' if hi_open or hi is None else ']'}"
+        )
+        raise ConfigError(f"{where}={value!r}: must be in {interval}")
+
+
+def check_positive(cfg: Any, name: str, *, allow_none: bool = False) -> None:
+    """Raises ``ConfigError`` unless ``cfg.name > 0``."""
+    check_range(cfg, name, 0.0, None, lo_open=True, allow_none=allow_none)
+
+
+def check_choice(cfg: Any, name: str, choices: Iterable[Any]) -> None:
+    """Raises ``ConfigError`` unless ``cfg.name`` is one of ``choices`` (with a suggestion)."""
+    value = getattr(cfg, name)
+    choices = list(choices)
+    if value not in choices:
+        hint = did_you_mean(str(value), [str(c) for c in choices]) if isinstance(value, str) else ""
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{_where(cfg, name)}={value!r}: must be one of {allowed}{hint}")
+
+
+def check_duration(cfg: Any, name: str, *, allow_none: bool = False) -> None:
+    """An ``int >= 0`` (steps) or a ``float`` in ``[0, 1]`` (a fraction)."""
+    value = getattr(cfg, name)
+    if value is None and allow_none:
+        return
+    where = _where(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}={value!r}: expected an int (steps) or a float in [0, 1] (a fraction)")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{where}={value!r}: a step count must be >= 0")
+    elif not (0.0 <= value <= 1.0):
+        raise ConfigError(
+            f"{where}={value!r}: a float is a fraction and must be in [0, 1]; "
+            f"write an int for a number of steps (e.g. {name}={round(value)})"
+        )
+
+
+def check_num_train_steps(num_train_steps: Any) -> int:
+    if isinstance(num_train_steps, bool) or not isinstance(num_train_steps, int) or num_train_steps < 1:
+        raise ConfigError(f"num_train_steps={num_train_steps!r}: must be an int >= 1")
+    return num_train_steps
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _where(cfg: Any, name: str) -> str:
+    try:
+        kind = type(cfg).get_choice_name(type(cfg))
+    except Exception:
+        kind = type(cfg).__name__
+    return f"{kind}.{name}"
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@dataclass(frozen=True)
+class OptimizerConfig(draccus.ChoiceRegistry):
+    """Base class of every optimizer config: common fields, validation and the build template."""
+
+    learning_rate: float = 6e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay, multiplied by the learning rate (AdamW-style)."""
+    min_lr_ratio: float = 0.1
+    """The schedule's floor as a fraction of the peak learning rate."""
+    min_lr: float | None = None
+    """The schedule's floor as an absolute learning rate; when set it replaces min_lr_ratio."""
+    warmup: Duration = 0.01
+    """Warmup length: int = steps, float in [0, 1] = fraction of the run (of the first cycle)."""
+    warmup_init_lr: float = 0.0
+    """Learning rate at the first step of warmup."""
+    decay: Duration | None = None
+    """Decay length (int steps or fraction); None = the rest of each cycle after warmup."""
+    rewarmup: Duration = 0.0
+    """Warmup length of every cycle after the first (from the previous cycle's final LR)."""
+    cycles: int | list[int] | None = None
+    """Number of equal cycles, or a list of cycle end steps."""
+    cycle_length: int | float | list[int] | None = None
+    """Cycle length (int steps or fraction), or a list of cycle lengths."""
+    lr_schedule: ScheduleConfig = dataclasses.field(default_factory=lambda: parse_schedule("cosine"))
+    """Schedule shape: a name (`cosine`) or a config (`{type: wsd, decay_style: exponential}`)."""
+    schedule_units: Literal["steps", "tokens"] = "steps"
+    """Unit of integer durations (warmup, decay, cycles...): steps, or tokens (needs tokens_per_step)."""
+    tokens_per_step: int | None = None
+    """Tokens per optimizer step, to convert token durations into steps."""
+    weight_decay_end: float | None = None
+    """Weight decay at the end of the run; None keeps weight_decay constant."""
+    weight_decay_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """How weight decay moves from weight_decay to weight_decay_end (Megatron's styles)."""
+    weight_decay_modules: list[str] | str | None = None
+    """Parameters to decay: a regex (re.match on the path) or a list of path substrings."""
+    default_weight_decay_mask: bool | None = None
+    """Levanter's default mask (no decay for norms, embeddings, biases): None = only when
+    weight_decay_modules is unset, True = always, False = never."""
+    max_grad_norm: float | None = 1.0
+    """Global gradient-norm clip (over all parameters); None disables it."""
+
+    # -- registry ---------------------------------------------------------------------------
+
+    _shadowed: ClassVar[dict[type, str]] = {}
+
+    @classmethod
+    def default_choice_name(cls) -> str | None:
+        return "adam"
+
+    @classmethod
+    def register_subclass(cls, name: str, choice_type: type | None = None):  # type: ignore[override]
+        """Registers ``choice_type`` as ``type: name`` (usable as a decorator).
+
+        Registering the same class again is a no-op, and so is re-registering a class with the
+        same module and qualified name (a re-import or a re-run script). A class defined outside
+        marin_optim may take over a name that marin_optim itself registered (a user's own
+        ``adamax`` wins over ours, with a log line). Any other clash raises ``ConfigError``
+        naming both classes.
+        """
+        if choice_type is None:
+            return functools.partial(cls.register_subclass, name)
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"register_subclass name={name!r}: expected a non-empty string")
+        existing = cls._choice_registry.get(name)
+        if existing is not None and existing is not choice_type:
+            same_definition = _qualname(existing) == _qualname(choice_type)
+            overrides_builtin = existing.__module__.startswith("marin_optim.") and not (
+                choice_type.__module__.startswith("marin_optim.")
+            )
+            if overrides_builtin:
+                logger.info("%s replaces %s as '%s'", _qualname(choice_type), _qualname(existing), name)
+                cls._shadowed[existing] = name
+            elif not same_definition:
+                raise ConfigError(
+                    f"cannot register {_qualname(choice_type)} as '{name}': "
+                    f"'{name}' is already registered to {_qualname(existing)}"
+                )
+        cls._choice_registry[name] = choice_type
+        return choice_type
+
+    @classmethod
+    def get_choice_name(cls, subcls: type) -> str:
+        for name, choice in cls._choice_registry.items():
+            if choice is subcls:
+                return name
+        if subcls in cls._shadowed:
+            return cls._shadowed[subcls]
+        raise ConfigError(f"{_qualname(subcls)} is not a registered optimizer config")
+
+    @classmethod
+    def get_choice_class(cls, name: str) -> Any:
+        try:
+            return cls._choice_registry[name]
+        except KeyError:
+            known = sorted(cls._choice_registry)
+            raise ConfigError(
+                f"optimizer type={name!r} is not registered{did_you_mean(name, known)}; "
+                f"run `marin-optim list` to see all {len(known)}"
+            ) from None
+
+    @classmethod
+    def registered(cls) -> dict[str, type]:
+        """Every registered name and its class, sorted by name."""
+        return dict(sorted(cls._choice_registry.items()))
+
+    # -- validation -------------------------------------------------------------------------
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lr_schedule, ScheduleConfig):
+            object.__setattr__(self, "lr_schedule", parse_schedule(self.lr_schedule))
+        _check_types(self)
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks every field; subclasses extend it (call ``super().validate()``).
+
+        Runs at construction. Fields named like EMA rates (``beta1``, ``momentum``, ...) must be
+        in ``[0, 1)`` and epsilons non-negative, in any subclass, including users' own.
+        """
+        check_positive(self, "learning_rate")
+        check_range(self, "weight_decay", 0.0)
+        check_range(self, "weight_decay_end", 0.0, allow_none=True)
+        check_range(self, "min_lr_ratio", 0.0, 1.0)
+        check_range(self, "min_lr", 0.0, allow_none=True)
+        if self.min_lr is not None and self.min_lr > self.learning_rate:
+            raise ConfigError(
+                f"{_where(self, 'min_lr')}={self.min_lr!r}: must be <= learning_rate={self.learning_rate!r}"
+            )
+        check_range(self, "warmup_init_lr", 0.0)
+        check_duration(self, "warmup")
+        check_duration(self, "decay", allow_none=True)
+        check_duration(self, "rewarmup")
+        check_positive(self, "max_grad_norm", allow_none=True)
+        check_choice(self, "schedule_units", ("steps", "tokens"))
+        check_choice(self, "weight_decay_schedule", ("constant", "linear", "cosine"))
+        if self.weight_decay_schedule != "constant" and self.weight_decay_end is None:
+            raise ConfigError(
+                f"{_where(self, 'weight_decay_schedule')}={self.weight_decay_schedule!r}: "
+                "needs weight_decay_end (the value to reach at the end of the run)"
+            )
+        if self.schedule_units == "tokens":
+            if self.tokens_per_step is None:
+                raise ConfigError(f"{_where(self, 'schedule_units')}='tokens': needs tokens_per_step")
+        if self.tokens_per_step is not None:
+            check_positive(self, "tokens_per_step")
+        _check_cycles(self)
+        if isinstance(self.weight_decay_modules, str):
+            import re
+
+            try:
+                re.compile(self.weight_decay_modules)
+            except re.error as e:
+                raise ConfigError(
+                    f"{_where(self, 'weight_decay_modules')}={self.weight_decay_modules!r}: "
+                    f"not a valid regular expression ({e})"
+                ) from None
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _RATE_FIELDS and _is_number(value):
+                check_range(self, f.name, 0.0, 1.0, hi_open=True)
+            elif f.name in _NONNEGATIVE_FIELDS and value is not None:
+                check_range(self, f.name, 0.0)
+
+    # -- schedules --------------------------------------------------------------------------
+
+    def lr_scheduler(self, num_train_steps: int, override_lr: float | None = None) -> optax.Schedule:
+        """The learning-rate schedule over ``num_train_steps`` (Levanter's signature).
+
+        ``override_lr`` reuses the same shape with another peak (e.g. Muon's separate Adam LR);
+        an absolute ``min_lr`` and ``warmup_init_lr`` are scaled by the same factor so that the
+        shape, not just the peak, is shared.
+        """
+        check_num_train_steps(num_train_steps)
+        peak = self.learning_rate if override_lr is None else override_lr
+        if not _is_number(peak) or peak <= 0:
+            raise ConfigError(f"override_lr={override_lr!r}: must be a number > 0")
+        factor = peak / self.learning_rate
+        ctx = ScheduleContext(
+            peak_lr=peak,
+            num_train_steps=num_train_steps,
+            min_lr_ratio=self.min_lr_ratio,
+            min_lr=None if self.min_lr is None else self.min_lr * factor,
+            warmup=self.warmup,
+            warmup_init_lr=self.warmup_init_lr * factor,
+            decay=self.decay,
+            rewarmup=self.rewarmup,
+            cycles=self.cycles,
+            cycle_length=self.cycle_length,
+            units=self.schedule_units,
+            tokens_per_step=self.tokens_per_step,
+        )
+        return build_lr_schedule(self.lr_schedule, ctx)
+
+    def weight_decay_scheduler(self, num_train_steps: int) -> optax.Schedule | float:
+        """Weight decay over the run: constant, or ``weight_decay -> weight_decay_end`` (Megatron)."""
+        check_num_train_steps(num_train_steps)
+        return weight_decay_schedule(
+            self.weight_decay, self.weight_decay_end, self.weight_decay_schedule, num_train_steps
+        )
+
+    def build_weight_decay_mask(self) -> Callable[[Any], Any] | None:
+        """``params -> bool tree`` of the leaves to decay, or ``None`` for all (Levanter's rule)."""
+        return weight_decay_mask(self.weight_decay_modules, self.default_weight_decay_mask)
+
+    @property
+    def uses_weight_decay(self) -> bool:
+        return self.weight_decay > 0 or bool(self.weight_decay_end)
+
+    # -- the build template -----------------------------------------------------------------
+
+    def hyperparameter_schedules(self, num_train_steps: int) -> dict[str, Any]:
+        """Values injected with ``optax.inject_hyperparams``: name -> schedule or constant.
+
+        Everything here is visible in ``hyperparams(opt_state)``. Multi-branch optimizers add
+        their own (``adam_learning_rate``, ...) after calling ``super()``.
+        """
+        return {
+            "learning_rate": self.lr_scheduler(num_train_steps),
+            "weight_decay": self.weight_decay_scheduler(num_train_steps),
+        }
+
+    def direction(self) -> optax.GradientTransformation:
+        """The un-scaled update direction (e.g. ``optax.scale_by_adam(...)``): override this."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must override direction() (or update_rule()/build())"
+        )
+
+    def update_rule(self, hp: Mapping[str, Any]) -> optax.GradientTransformation:
+        """Everything after the clip: direction, decayed weights, then ``-learning_rate``.
+
+        ``hp`` holds the injected values of :meth:`hyperparameter_schedules` for this step.
+        """
+        parts = [self.direction()]
+        if self.uses_weight_decay:
+            parts.append(optax.add_decayed_weights(hp["weight_decay"], self.build_weight_decay_mask()))
+        parts.append(optax.scale_by_learning_rate(hp["learning_rate"]))
+        return optax.chain(*parts)
+
+    def build(self, num_train_steps: int) -> optax.GradientTransformationExtraArgs:
+        """The optimizer for a run of ``num_train_steps`` steps (validated before anything compiles)."""
+        check_num_train_steps(num_train_steps)
+        schedules = self.hyperparameter_schedules(num_train_steps)
+
+        def make(**hp: Any) -> optax.GradientTransformation:
+            parts = []
+            if self.max_grad_norm is not None:
+                parts.append(clip_by_global_norm(self.max_grad_norm))
+            parts.append(self.update_rule(hp))
+            return optax.chain(*parts)
+
+        # inject_hyperparams finds the hyperparameters by binding the factory's signature, so
+        # give the **kwargs factory one keyword parameter per injected name.
+        make.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in schedules]
+        )
+        return optax.inject_hyperparams(make)(**schedules)
+
+    # -- serialization ----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data with ``type: name`` first, as YAML/JSON configs spell it."""
+        encoded = draccus.encode(self, OptimizerConfig)
+        return {"type": encoded.pop("type"), **encoded}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OptimizerConfig:
+        """The inverse of :meth:`to_dict` (``type`` picks the class; bad input is a ConfigError)."""
+        try:
+            return draccus.decode(OptimizerConfig, dict(data))
+        except ConfigError:
+            raise
+        except Exception as e:
+            cause: BaseException | None = e
+            while cause is not None:
+                if isinstance(cause, ConfigError):
+                    raise cause from None
+                cause = cause.__cause__ or cause.__context__
+            raise ConfigError(" ".join(str(e).split())) from None
+
+    @classmethod
+    def from_yaml(cls, text: str) -> OptimizerConfig:
+        return cls.from_dict(yaml.safe_load(text) or {})
+
+    # -- introspection ----------------------------------------------------------------------
+
+    @classmethod
+    def describe(cls) -> str:
+        """The first line of the class docstring."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+def _check_cycles(cfg: OptimizerConfig) -> None:
+    if cfg.cycles is not None and cfg.cycle_length is not None:
+        raise ConfigError(
+            f"{_where(cfg, 'cycles')}={cfg.cycles!r} and cycle_length={cfg.cycle_length!r}: set at most one"
+        )
+    if isinstance(cfg.cycles, int) and not isinstance(cfg.cycles, bool):
+        if cfg.cycles < 1:
+            raise ConfigError(f"{_where(cfg, 'cycles')}={cfg.cycles!r}: must be >= 1")
+    elif isinstance(cfg.cycles, list):
+        if not cfg.cycles or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in cfg.cycles):
+            raise ConfigError(
+                f"{_where(cfg, 'cycles')}={cfg.cycles!r}: a list of cycle end steps must hold ints >= 1"
+            )
+        if any(b <= a for a, b in zip(cfg.cycles, cfg.cycles[1:], strict=False)):
+            raise ConfigError(f"{_where(cfg, 'cycles')}={cfg.cycles!r}: cycle end steps must increase")
+    if isinstance(cfg.cycle_length, list):
+        if not cfg.cycle_length or any(
+            not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in cfg.cycle_length
+        ):
+            raise ConfigError(
+                f"{_where(cfg, 'cycle_length')}={cfg.cycle_length!r}: "
+                "a list of cycle lengths must hold ints >= 1"
+            )
+    elif cfg.cycle_length is not None:
+        check_duration(cfg, "cycle_length")
+        if cfg.cycle_length == 0:
+            raise ConfigError(f"{_where(cfg, 'cycle_length')}=0: must be > 0")
+
+
+def _check_types(cfg: Any) -> None:
+    """Catches wrongly typed values from Python callers (draccus already types YAML/CLI input)."""
+    try:
+        hints = typing.get_type_hints(type(cfg))
+    except Exception:  # unresolvable annotations in a user's module: skip the type check
+        return
+    for f in dataclasses.fields(cfg):
+        if f.name not in hints:
+            continue
+        value = getattr(cfg, f.name)
+        if not _matches(value, hints[f.name]):
+            raise ConfigError(f"{_where(cfg, f.name)}={value!r}: expected {_type_name(hints[f.name])}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{_where(cfg, f.name)}={value!r}: must be finite")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any or isinstance(tp, typing.TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+        return not args or all(_matches(v, args[0]) for v in value)
+    if origin in (dict, Mapping) or tp is dict:
+        return isinstance(value, Mapping)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "None"
+    return getattr(tp, "__name__", str(tp))

@@ -1,0 +1,55 @@
+"""The one error type for bad input, and the "did you mean" helper every message uses."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message names the field, the value, and what is allowed.
+
+    Raised at construction or at ``build`` time, always before anything is compiled. The CLI
+    prints the message on one line and exits with status 2.
+    """
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """Returns ``" (did you mean 'x'?)"``-style text for the closest choices, or ``""``.
+
+    Matching ignores case and underscores, so ``lr`` finds ``learning_rate`` only if it is close;
+    common abbreviations are mapped explicitly below.
+    """
+    choices = sorted(set(choices))
+    alias = _ALIASES.get(name.lower())
+    if alias is not None and alias in choices:
+        return f" (did you mean '{alias}'?)"
+
+    def norm(s: str) -> str:
+        return s.lower().replace("_", "").replace("-", "")
+
+    by_norm: dict[str, str] = {}
+    for c in choices:
+        by_norm.setdefault(norm(c), c)
+    close = difflib.get_close_matches(norm(name), list(by_norm), n=n, cutoff=0.6)
+    if not close:
+        return ""
+    names = [f"'{by_norm[c]}'" for c in close]
+    return f" (did you mean {' or '.join(names)}?)"
+
+
+# Abbreviations people type from other frameworks (torch, Megatron, OLMo-core).
+_ALIASES = {
+    "lr": "learning_rate",
+    "wd": "weight_decay",
+    "eps": "epsilon",
+    "beta_1": "beta1",
+    "beta_2": "beta2",
+    "b1": "beta1",
+    "b2": "beta2",
+    "clip_grad": "max_grad_norm",
+    "grad_clip": "max_grad_norm",
+    "min_lr_rate": "min_lr_ratio",
+    "warmup_steps": "warmup",
+    "decay_steps": "decay",
+}

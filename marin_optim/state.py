@@ -1,0 +1,63 @@
+"""Reading values worth logging out of an optimizer state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+_INJECT_STATES: tuple[type, ...] = tuple(
+    t
+    for t in (
+        getattr(optax, "InjectHyperparamsState", None),
+        getattr(optax, "InjectStatefulHyperparamsState", None),
+    )
+    if t is not None
+)
+
+
+def hyperparams(opt_state: Any) -> dict[str, jax.Array]:
+    """Every injected hyperparameter and logged statistic in ``opt_state``, by stable name.
+
+    - Values injected with ``optax.inject_hyperparams`` keep their injected names
+      (``learning_rate``, ``weight_decay``, ``adam_learning_rate``, ...).
+    - Any state object with a ``log_values()`` method contributes its values (the global-norm
+      clip contributes ``grad_norm``).
+    - States nested under a dict (``optax.multi_transform`` branches, parameter groups) are
+      prefixed with the key and ``/``: ``embeddings/learning_rate``.
+
+    The values are device scalars; nothing here forces a host transfer.
+    """
+    out: dict[str, jax.Array] = {}
+    _collect(opt_state, "", out)
+    return out
+
+
+def _put(out: dict[str, jax.Array], name: str, value: jax.Array) -> None:
+    key, i = name, 2
+    while key in out:
+        key = f"{name}#{i}"
+        i += 1
+    out[key] = value
+
+
+def _collect(node: Any, prefix: str, out: dict[str, jax.Array]) -> None:
+    if isinstance(node, _INJECT_STATES):
+        for name, value in node.hyperparams.items():
+            _put(out, prefix + name, value)
+        _collect(getattr(node, "inner_state", None), prefix, out)
+        return
+    log_values = getattr(node, "log_values", None)
+    if callable(log_values) and not isinstance(node, type):
+        for name, value in log_values().items():
+            _put(out, prefix + name, value)
+        return
+    if isinstance(node, dict):
+        for key in node:
+            _collect(node[key], f"{prefix}{key}/", out)
+    elif isinstance(node, (tuple, list)):
+        for child in node:
+            _collect(child, prefix, out)
+    elif hasattr(node, "inner_state"):  # optax wrapper states that are not tuples
+        _collect(node.inner_state, prefix, out)

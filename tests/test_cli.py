@@ -1,0 +1,119 @@
+"""The ``marin-optim`` CLI: list, show, schedule, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from marin_optim import OptimizerConfig
+from marin_optim.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_list_shows_every_optimizer_and_schedule(capsys):
+    rc, out, _ = run(capsys, "list")
+    assert rc == 0
+    for name in OptimizerConfig.registered():
+        assert f" {name} " in out
+    for name in ("cosine", "linear", "constant", "wsd"):
+        assert f" {name} " in out
+
+
+def test_show_prints_fields_types_defaults_and_docs(capsys):
+    rc, out, _ = run(capsys, "show", "adam")
+    assert rc == 0
+    assert "beta2" in out and "0.95" in out and "float" in out
+    assert "Decay rate of the second moment" in out
+    assert "learning_rate" in out and "Peak learning rate" in out
+
+
+def test_schedule_prints_a_table_and_writes_a_png(capsys, tmp_path):
+    png = tmp_path / "lr.png"
+    rc, out, _ = run(
+        capsys,
+        "schedule",
+        "--optimizer.type",
+        "lion",
+        "--optimizer.warmup",
+        "10",
+        "--optimizer.lr_schedule",
+        "linear",
+        "--num_train_steps",
+        "100",
+        "--plot",
+        str(png),
+    )
+    assert rc == 0, out
+    lines = [line for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    steps = [int(line.split()[0]) for line in lines]
+    assert 0 in steps and 10 in steps and 100 in steps
+    row10 = next(line for line in lines if line.split()[0] == "10")
+    assert float(row10.split()[1]) == pytest.approx(1e-4)  # lion's default peak, reached at the end of warmup
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_schedule_from_yaml_with_overrides(capsys, tmp_path):
+    cfg = tmp_path / "opt.yaml"
+    cfg.write_text(
+        "optimizer:\n  type: adam\n  learning_rate: 0.002\n  warmup: 0\n"
+        "  lr_schedule: {type: wsd, decay_style: linear}\nnum_train_steps: 50\n"
+    )
+    rc, out, err = run(capsys, "schedule", "--config_path", str(cfg), "--optimizer.learning_rate", "0.004")
+    assert rc == 0, err
+    row0 = next(line for line in out.splitlines() if line.split() and line.split()[0] == "0")
+    assert float(row0.split()[1]) == pytest.approx(0.004)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["schedule", "--optimizer.type", "adamw_"], "did you mean 'adamw'"),
+        (["schedule", "--optimizer.type", "nonsense_opt"], "nonsense_opt"),
+        (["schedule", "--optimizer.lr", "1e-3"], "did you mean 'learning_rate'"),
+        (["schedule", "--optimizer.beta_1", "0.9"], "did you mean 'beta1'"),
+        (["schedule", "--optimizer.learning_rate", "-1"], "learning_rate=-1"),
+        (["schedule", "--optimizer.beta2", "1.5"], "[0, 1)"),
+        (["schedule", "--optimizer.learning_rate", "abc"], "learning_rate"),
+        (["schedule", "--optimizer.warmup", "2.5"], "fraction"),
+        (["schedule", "--num_train_steps", "0"], "num_train_steps"),
+        (["schedule", "--num_train_step", "10"], "did you mean 'num_train_steps'"),
+        (["schedule", "--optimizer.lr_schedule", "cosin"], "cosine"),
+        (["schedule", "--config_path", "/nonexistent/x.yaml"], "no such file"),
+        (["schedule", "--optimizer.learning_rate"], "missing a value"),
+        (["show", "adamz"], "adam"),
+        (["shedule"], "did you mean 'schedule'"),
+        (["list", "extra"], "no arguments"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, expected):
+    rc, _, err = run(capsys, *argv)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert expected in lines[0]
+
+
+def test_unknown_yaml_key_is_reported_with_a_suggestion(capsys, tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("optimizer:\n  type: lion\n  beta_2: 0.98\n")
+    rc, _, err = run(capsys, "schedule", "--config_path", str(cfg))
+    assert rc == 2 and "did you mean 'beta2'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_console_script_exit_code_and_single_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "marin_optim.cli", "schedule", "--optimizer.type", "lionn"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "did you mean 'lion'" in proc.stderr
