@@ -16,6 +16,7 @@ optimizer gets the same clip, decay mask and schedules.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import inspect
 import logging
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import draccus
+import jax
+import jax.numpy as jnp
 import optax
 import yaml
 
@@ -39,7 +42,9 @@ from marin_optim.schedules import (
     parse_schedule,
     weight_decay_schedule,
 )
+from marin_optim.state import GROUP_SEPARATOR
 from marin_optim.transforms.clipping import clip_by_global_norm
+from marin_optim.transforms.guards import find_guard_state, skip_step_guard, tree_select
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +181,23 @@ class OptimizerConfig(draccus.ChoiceRegistry):
     weight_decay_modules is unset, True = always, False = never."""
     max_grad_norm: float | None = 1.0
     """Global gradient-norm clip (over all parameters); None disables it."""
+    skip_nonfinite: bool = True
+    """Skip (and count) a step whose loss or gradient norm is NaN/inf instead of applying it."""
+    max_nonfinite_steps: int = 8
+    """Stop training after this many non-finite steps in a row (checked by the trainer); 0 = never."""
+    skip_bad_steps: bool = False
+    """Skip loss/grad-norm spikes: more than skip_sigma std above the rolling mean (OLMo-core's rule)."""
+    skip_window: int = 128
+    """Number of previous steps in the rolling window of skip_bad_steps."""
+    skip_sigma: float = 6.0
+    """Threshold of skip_bad_steps, in standard deviations."""
+    skip_advances_schedule: bool = False
+    """Whether a skipped step advances the LR schedule (False: it does not, as in Megatron)."""
+    group_overrides: list[dict[str, Any]] | None = None
+    """Parameter groups: [{params: ["*embed*"], weight_decay: 0.0}, {params: ["lm_head*"],
+    lr_multiplier: 0.5, name: head}]; fnmatch patterns over parameter paths, any field per group."""
+    fixed_fields: list[str] = dataclasses.field(default_factory=list)
+    """Fields never taken from a checkpoint on resume, even with optimizer_resume=checkpoint."""
 
     # -- registry ---------------------------------------------------------------------------
 
@@ -282,6 +304,16 @@ class OptimizerConfig(draccus.ChoiceRegistry):
         if self.tokens_per_step is not None:
             check_positive(self, "tokens_per_step")
         _check_cycles(self)
+        check_range(self, "max_nonfinite_steps", 0)
+        check_range(self, "skip_window", 2)
+        check_positive(self, "skip_sigma")
+        names = {f.name for f in dataclasses.fields(self)}
+        for i, name in enumerate(self.fixed_fields):
+            if name not in names:
+                raise ConfigError(
+                    f"{_where(self, 'fixed_fields')}[{i}]={name!r}: not a field{did_you_mean(name, names)}"
+                )
+        self.parameter_groups()  # validates group_overrides
         if isinstance(self.weight_decay_modules, str):
             import re
 
@@ -375,23 +407,122 @@ class OptimizerConfig(draccus.ChoiceRegistry):
         return optax.chain(*parts)
 
     def build(self, num_train_steps: int) -> optax.GradientTransformationExtraArgs:
-        """The optimizer for a run of ``num_train_steps`` steps (validated before anything compiles)."""
+        """The optimizer for a run of ``num_train_steps`` steps (validated before anything compiles).
+
+        ``inject_hyperparams(chain(clip, update_rule))``, with parameter groups as a
+        ``multi_transform`` after the (global) clip and the step guard wrapped around both, so
+        the injected state stays outermost and a skipped step leaves everything unchanged.
+        """
         check_num_train_steps(num_train_steps)
+        groups = self.parameter_groups()
         schedules = self.hyperparameter_schedules(num_train_steps)
+        for group in groups:
+            for name, value in group.config.hyperparameter_schedules(num_train_steps).items():
+                schedules[f"{group.name}{GROUP_SEPARATOR}{name}"] = value
+        guarded = self.skip_nonfinite or self.skip_bad_steps
 
         def make(**hp: Any) -> optax.GradientTransformation:
+            body = self.update_rule(_group_hp(hp, None))
+            if groups:
+                branches = {DEFAULT_GROUP: body}
+                for group in groups:
+                    branches[group.name] = group.config.update_rule(_group_hp(hp, group.name))
+                body = optax.multi_transform(branches, functools.partial(_label_groups, groups))
             parts = []
             if self.max_grad_norm is not None:
                 parts.append(clip_by_global_norm(self.max_grad_norm))
-            parts.append(self.update_rule(hp))
-            return optax.chain(*parts)
+            parts.append(body)
+            inner = optax.chain(*parts)
+            if guarded:
+                inner = skip_step_guard(
+                    inner,
+                    skip_nonfinite=self.skip_nonfinite,
+                    skip_spikes=self.skip_bad_steps,
+                    window=self.skip_window,
+                    sigma=self.skip_sigma,
+                )
+            return inner
 
-        # inject_hyperparams finds the hyperparameters by binding the factory's signature, so
-        # give the **kwargs factory one keyword parameter per injected name.
-        make.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in schedules]
+        tx = inject_hyperparams(make, schedules)
+        if guarded and not self.skip_advances_schedule:
+            tx = _hold_schedule_on_skip(tx)
+        return tx
+
+    # -- parameter groups -------------------------------------------------------------------
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """The resolved ``group_overrides``: name, patterns and the group's own config."""
+        if not self.group_overrides:
+            return []
+        if not isinstance(self.group_overrides, list):
+            raise ConfigError(f"{_where(self, 'group_overrides')}: expected a list of {{params: [...], ...}}")
+        fields = {f.name for f in dataclasses.fields(self)}
+        groups: list[ParameterGroup] = []
+        for i, override in enumerate(self.group_overrides):
+            where = f"{_where(self, 'group_overrides')}[{i}]"
+            if not isinstance(override, Mapping):
+                raise ConfigError(f"{where}={override!r}: expected a mapping with a 'params' list")
+            opts = dict(override)
+            patterns = opts.pop("params", None)
+            if isinstance(patterns, str):
+                patterns = [patterns]
+            if not patterns or not all(isinstance(p, str) and p for p in patterns):
+                raise ConfigError(
+                    f"{where}.params={patterns!r}: expected a non-empty list of fnmatch patterns"
+                )
+            name = opts.pop("name", f"group{i}")
+            if not isinstance(name, str) or not name.isidentifier() or GROUP_SEPARATOR in name:
+                raise ConfigError(f"{where}.name={name!r}: must be an identifier without '__'")
+            if name == DEFAULT_GROUP or name in {g.name for g in groups}:
+                raise ConfigError(f"{where}.name={name!r}: already used")
+            multiplier = opts.pop("lr_multiplier", 1.0)
+            if not _is_number(multiplier) or multiplier <= 0:
+                raise ConfigError(f"{where}.lr_multiplier={multiplier!r}: must be a number > 0")
+            for key in opts:
+                if key in _GLOBAL_FIELDS:
+                    raise ConfigError(f"{where}.{key}: is global (one clip, one guard), not per group")
+                if key not in fields:
+                    allowed = sorted((fields - _GLOBAL_FIELDS) | {"params", "name", "lr_multiplier"})
+                    raise ConfigError(f"{where}.{key}: unknown field{did_you_mean(key, allowed)}")
+            if "learning_rate" in opts and not _is_number(opts["learning_rate"]):
+                raise ConfigError(f"{where}.learning_rate={opts['learning_rate']!r}: expected a number")
+            opts["learning_rate"] = opts.get("learning_rate", self.learning_rate) * multiplier
+            if self.min_lr is not None and "min_lr" not in opts:
+                opts["min_lr"] = self.min_lr * opts["learning_rate"] / self.learning_rate
+            try:
+                config = dataclasses.replace(self, group_overrides=None, **opts)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
+            groups.append(ParameterGroup(name, tuple(patterns), config))
+        return groups
+
+    def describe_params(self, params: Any) -> list[tuple[str, str, bool]]:
+        """``(path, group, decayed)`` for every parameter leaf: what this config does to a model."""
+        from marin_optim.params import is_leaf, leaf_paths
+
+        groups = self.parameter_groups()
+        labels = (
+            _label_groups(groups, params)
+            if groups
+            else jax.tree.map(lambda _: DEFAULT_GROUP, params, is_leaf=is_leaf)
         )
-        return optax.inject_hyperparams(make)(**schedules)
+        configs = {DEFAULT_GROUP: self, **{g.name: g.config for g in groups}}
+        rows = []
+        paths = jax.tree.leaves(leaf_paths(params), is_leaf=is_leaf)
+        label_list = jax.tree.leaves(labels, is_leaf=is_leaf)
+        decay_by_group = {}
+        for name, cfg in configs.items():
+            mask_fn = cfg.build_weight_decay_mask()
+            mask = (
+                mask_fn(params)
+                if mask_fn is not None
+                else jax.tree.map(lambda _: True, params, is_leaf=is_leaf)
+            )
+            decay_by_group[name] = jax.tree.leaves(mask, is_leaf=is_leaf)
+        for i, (path, label) in enumerate(zip(paths, label_list, strict=True)):
+            decayed = bool(decay_by_group[label][i]) and configs[label].uses_weight_decay
+            rows.append((path, label, decayed))
+        return rows
 
     # -- serialization ----------------------------------------------------------------------
 
@@ -512,3 +643,159 @@ def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "None"
     return getattr(tp, "__name__", str(tp))
+
+
+DEFAULT_GROUP = "default"
+_GLOBAL_FIELDS = frozenset(
+    {
+        "max_grad_norm",
+        "skip_nonfinite",
+        "max_nonfinite_steps",
+        "skip_bad_steps",
+        "skip_window",
+        "skip_sigma",
+        "skip_advances_schedule",
+        "group_overrides",
+        "fixed_fields",
+        "schedule_units",
+        "tokens_per_step",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ParameterGroup:
+    """One entry of ``group_overrides``, resolved: its name, patterns and its own config."""
+
+    name: str
+    patterns: tuple[str, ...]
+    config: OptimizerConfig
+
+
+def _group_hp(hp: Mapping[str, Any], group: str | None) -> dict[str, Any]:
+    """The injected values of one group (``group__name`` -> ``name``), or of the default group."""
+    if group is None:
+        return {k: v for k, v in hp.items() if GROUP_SEPARATOR not in k}
+    prefix = group + GROUP_SEPARATOR
+    return {k[len(prefix) :]: v for k, v in hp.items() if k.startswith(prefix)}
+
+
+def _label_groups(groups: list[ParameterGroup], params: Any) -> Any:
+    """Each leaf's group name; a pattern that matches nothing or a leaf in two groups is an error."""
+    from marin_optim.params import is_leaf, leaf_class_paths, leaf_paths
+
+    hits: dict[str, int] = {}
+
+    def label(path: str, class_path: str) -> str:
+        matched = [g.name for g in groups if any(_match(p, path, class_path) for p in g.patterns)]
+        for g in groups:
+            for p in g.patterns:
+                if _match(p, path, class_path):
+                    hits[p] = hits.get(p, 0) + 1
+        if len(matched) > 1:
+            raise ConfigError(f"group_overrides: parameter {path!r} is matched by several groups: {matched}")
+        return matched[0] if matched else DEFAULT_GROUP
+
+    labels = jax.tree.map(label, leaf_paths(params), leaf_class_paths(params), is_leaf=is_leaf)
+    unmatched = [p for g in groups for p in g.patterns if not hits.get(p)]
+    if unmatched:
+        example = jax.tree.leaves(leaf_paths(params), is_leaf=is_leaf)[:3]
+        raise ConfigError(
+            f"group_overrides: pattern(s) {unmatched} match no parameter (paths look like {example})"
+        )
+    return labels
+
+
+def _match(pattern: str, path: str, class_path: str) -> bool:
+    return fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(class_path, pattern)
+
+
+def inject_hyperparams(
+    factory: Callable[..., optax.GradientTransformation], schedules: Mapping[str, Any]
+) -> optax.GradientTransformationExtraArgs:
+    """``optax.inject_hyperparams`` for a ``factory(**hp)`` taking exactly the names in ``schedules``.
+
+    inject_hyperparams finds hyperparameters by binding the factory's signature, so a
+    ``**kwargs`` factory is given one keyword parameter per injected name.
+    """
+
+    def wrapped(**hp: Any) -> optax.GradientTransformation:
+        return factory(**hp)
+
+    wrapped.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in schedules]
+    )
+    return optax.inject_hyperparams(wrapped)(**schedules)
+
+
+def _hold_schedule_on_skip(
+    tx: optax.GradientTransformationExtraArgs,
+) -> optax.GradientTransformationExtraArgs:
+    """Keeps the injected step count (hence the LR schedule) still on steps the guard skipped."""
+
+    def update_fn(updates, state, params=None, **extra_args):
+        new_updates, new_state = tx.update(updates, state, params, **extra_args)
+        skipped = find_guard_state(new_state.inner_state).last_skipped
+        held = {"count": jnp.where(skipped, state.count, new_state.count)}
+        if hasattr(new_state, "hyperparams_states"):  # optax >= 0.2.5: schedules keep their own count
+            held["hyperparams_states"] = tree_select(
+                skipped, state.hyperparams_states, new_state.hyperparams_states
+            )
+        return new_updates, new_state._replace(**held)
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
+# -- resuming from a checkpoint ----------------------------------------------------------------
+
+ResumeMode = Literal["strict", "override", "checkpoint"]
+
+
+def config_differences(a: OptimizerConfig, b: OptimizerConfig) -> dict[str, tuple[Any, Any]]:
+    """``{field: (a's value, b's value)}`` for every field that differs (same class required)."""
+    return {
+        f.name: (getattr(a, f.name), getattr(b, f.name))
+        for f in dataclasses.fields(a)
+        if getattr(a, f.name) != getattr(b, f.name)
+    }
+
+
+def resolve_resume(
+    saved: OptimizerConfig,
+    current: OptimizerConfig,
+    mode: ResumeMode = "strict",
+    reset_optimizer_state: bool = False,
+) -> tuple[OptimizerConfig, bool]:
+    """Which optimizer config a resumed run uses, and whether its state must start fresh.
+
+    Megatron's rules: ``override`` takes the current config's values; ``checkpoint`` takes the
+    checkpoint's, except ``current.fixed_fields`` (OLMo-core), which are never taken from a
+    checkpoint; ``strict`` (the default) requires them to be equal and otherwise fails naming
+    every differing field. The step count always comes from the checkpoint (the trainer's job).
+    A different optimizer type fails unless ``reset_optimizer_state``, which starts the new
+    optimizer's state from scratch (the returned flag).
+    """
+    if mode not in ("strict", "override", "checkpoint"):
+        raise ConfigError(f"optimizer_resume={mode!r}: must be one of 'strict', 'override', 'checkpoint'")
+    if type(saved) is not type(current):
+        saved_name = _where(saved, "").rstrip(".")
+        current_name = _where(current, "").rstrip(".")
+        if reset_optimizer_state:
+            return current, True
+        raise ConfigError(
+            f"optimizer.type={current_name!r} but the checkpoint was trained with {saved_name!r}: "
+            "pass reset_optimizer_state=true to start the new optimizer's state from scratch"
+        )
+    if mode == "override" or reset_optimizer_state:
+        return current, reset_optimizer_state
+    if mode == "checkpoint":
+        keep = {name: getattr(current, name) for name in current.fixed_fields}
+        return dataclasses.replace(saved, **keep), False
+    diffs = config_differences(saved, current)
+    if diffs:
+        listed = ", ".join(f"{k} (checkpoint {a!r}, config {b!r})" for k, (a, b) in sorted(diffs.items()))
+        raise ConfigError(
+            f"optimizer config differs from the checkpoint's in {listed}; pass optimizer_resume=override "
+            "to use the config's values or optimizer_resume=checkpoint to use the checkpoint's"
+        )
+    return current, False

@@ -7,6 +7,9 @@ from typing import Any
 import jax
 import optax
 
+GROUP_SEPARATOR = "__"
+"""Joins a parameter group's name and a hyperparameter's name in injected names."""
+
 _INJECT_STATES: tuple[type, ...] = tuple(
     t
     for t in (
@@ -24,6 +27,7 @@ def hyperparams(opt_state: Any) -> dict[str, jax.Array]:
       (``learning_rate``, ``weight_decay``, ``adam_learning_rate``, ...).
     - Any state object with a ``log_values()`` method contributes its values (the global-norm
       clip contributes ``grad_norm``).
+    - Parameter-group values, injected as ``group__name``, are logged as ``group/name``.
     - States nested under a dict (``optax.multi_transform`` branches, parameter groups) are
       prefixed with the key and ``/``: ``embeddings/learning_rate``.
 
@@ -45,13 +49,15 @@ def _put(out: dict[str, jax.Array], name: str, value: jax.Array) -> None:
 def _collect(node: Any, prefix: str, out: dict[str, jax.Array]) -> None:
     if isinstance(node, _INJECT_STATES):
         for name, value in node.hyperparams.items():
-            _put(out, prefix + name, value)
+            # Parameter groups inject "group__name"; log it as "group/name".
+            _put(out, prefix + name.replace(GROUP_SEPARATOR, "/"), value)
         _collect(getattr(node, "inner_state", None), prefix, out)
         return
     log_values = getattr(node, "log_values", None)
     if callable(log_values) and not isinstance(node, type):
         for name, value in log_values().items():
             _put(out, prefix + name, value)
+        _collect(getattr(node, "inner_state", None), prefix, out)
         return
     if isinstance(node, dict):
         for key in node:

@@ -1,0 +1,46 @@
+"""Resume semantics for optimizer configs (Megatron's modes, OLMo-core's fixed fields)."""
+
+from __future__ import annotations
+
+import pytest
+
+from marin_optim import AdamConfig, ConfigError, LionConfig
+from marin_optim.config import resolve_resume
+
+
+def test_strict_requires_equal_configs_and_names_every_difference():
+    saved = AdamConfig(learning_rate=1e-3, warmup=10)
+    assert resolve_resume(saved, AdamConfig(learning_rate=1e-3, warmup=10)) == (saved, False)
+    with pytest.raises(ConfigError) as e:
+        resolve_resume(saved, AdamConfig(learning_rate=2e-3, warmup=20, beta2=0.99))
+    msg = str(e.value)
+    for name in ("learning_rate", "warmup", "beta2", "override", "checkpoint"):
+        assert name in msg
+
+
+def test_override_takes_the_config_and_checkpoint_takes_the_checkpoint():
+    saved = AdamConfig(learning_rate=1e-3, warmup=10)
+    current = AdamConfig(learning_rate=2e-3, warmup=20)
+    assert resolve_resume(saved, current, "override") == (current, False)
+    assert resolve_resume(saved, current, "checkpoint") == (saved, False)
+
+
+def test_fixed_fields_are_never_taken_from_the_checkpoint():
+    saved = AdamConfig(learning_rate=1e-3, warmup=10)
+    current = AdamConfig(learning_rate=2e-3, warmup=20, fixed_fields=["learning_rate"])
+    resolved, _ = resolve_resume(saved, current, "checkpoint")
+    assert resolved.learning_rate == 2e-3 and resolved.warmup == 10
+
+
+def test_a_different_optimizer_type_needs_an_explicit_reset():
+    with pytest.raises(ConfigError, match="reset_optimizer_state"):
+        resolve_resume(AdamConfig(), LionConfig())
+    resolved, reset = resolve_resume(AdamConfig(), LionConfig(), reset_optimizer_state=True)
+    assert isinstance(resolved, LionConfig) and reset
+
+
+def test_bad_mode_and_bad_fixed_field():
+    with pytest.raises(ConfigError, match="optimizer_resume"):
+        resolve_resume(AdamConfig(), AdamConfig(), "latest")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
+        AdamConfig(fixed_fields=["learning_rat"])
