@@ -16,7 +16,16 @@ from marin_optim.optimizers.adamax import AdamaxConfig
 from marin_optim.optimizers.lion import LionConfig
 from marin_optim.optimizers.sgd import SGDConfig
 from marin_optim.params import leaf_paths, weight_decay_mask
-from marin_optim.schedules import ScheduleConfig
+from marin_optim.schedules import (
+    CycleSchedule,
+    ScheduleConfig,
+    ScheduleContext,
+    build_lr_schedule,
+    encode_schedule,
+    key_steps,
+    parse_schedule,
+    weight_decay_schedule,
+)
 from marin_optim.state import hyperparams
 from marin_optim.transforms.clipping import clip_by_global_norm
 
@@ -25,16 +34,23 @@ __all__ = [
     "AdamWConfig",
     "AdamaxConfig",
     "ConfigError",
+    "CycleSchedule",
     "LionConfig",
     "OptimizerConfig",
     "SGDConfig",
     "ScheduleConfig",
+    "ScheduleContext",
+    "build_lr_schedule",
     "check_choice",
     "check_duration",
     "check_positive",
     "check_range",
     "clip_by_global_norm",
+    "encode_schedule",
     "hyperparams",
+    "key_steps",
     "leaf_paths",
+    "parse_schedule",
     "weight_decay_mask",
+    "weight_decay_schedule",
 ]

@@ -107,7 +107,7 @@ def _check_keys(cls: type, yaml_tree: Any, overrides: dict[str, str], prefix: st
         full = f"{prefix}{key}"
         sub_yaml = yaml_tree.get(key)
         base = _choice_base(tp)
-        if base is not None and full in overrides:
+        if base is not None and full in overrides and not overrides[full].lstrip().startswith("{"):
             overrides[f"{full}.type"] = overrides.pop(full)
         nested = any(k.startswith(full + ".") for k in overrides)
         if base is not None and (nested or isinstance(sub_yaml, (dict, str))):
@@ -330,30 +330,17 @@ def cmd_schedule(argv: Sequence[str]) -> int:
     """LR and weight decay at the key steps as a table, and optionally the curve as a PNG."""
     import numpy as np
 
-    from marin_optim.schedules import ScheduleConfig, ScheduleContext, key_steps
+    from marin_optim.schedules import encode_schedule, key_steps
 
     cmd = parse_config(ScheduleCommand, argv)
     n = check_num_train_steps(cmd.num_train_steps)
     opt = cmd.optimizer
     lr = opt.lr_scheduler(n)
     wd = opt.weight_decay_scheduler(n)
-    ctx = ScheduleContext(
-        peak_lr=opt.learning_rate,
-        num_train_steps=n,
-        min_lr_ratio=opt.min_lr_ratio,
-        min_lr=opt.min_lr,
-        warmup=opt.warmup,
-        warmup_init_lr=opt.warmup_init_lr,
-        decay=opt.decay,
-        rewarmup=opt.rewarmup,
-        cycles=opt.cycles,
-        cycle_length=opt.cycle_length,
-        units=opt.schedule_units,
-        tokens_per_step=opt.tokens_per_step,
-    )
+    ctx = opt.schedule_context(n)
     rows = key_steps(opt.lr_schedule, ctx)
     name = OptimizerConfig.get_choice_name(type(opt))
-    print(f"{name}: lr_schedule={draccus.encode(opt.lr_schedule, ScheduleConfig)}  num_train_steps={n}")
+    print(f"{name}: lr_schedule={encode_schedule(opt.lr_schedule)}  num_train_steps={n}")
     print(f"{'step':>8}  {'learning_rate':>14}  {'weight_decay':>12}  where")
     for step, label in rows:
         lr_s = float(lr(int(step)))
@@ -465,7 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {verb:<9} {doc}")
         print("\nOptions: --config_path file.yaml and dotted overrides, e.g. --optimizer.type lion")
         print("Before the verb, --import FILE.py|MODULE loads your own registered optimizers.")
-        return 0 if argv else 2
+        if argv:
+            return 0
+        print(f"{PROG}: error: missing a command (one of {', '.join(VERBS)})", file=sys.stderr)
+        return 2
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
         print(f"{PROG}: error: unknown command {verb!r}{did_you_mean(verb, VERBS)}", file=sys.stderr)
@@ -478,6 +468,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `marin-optim list | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

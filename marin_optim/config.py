@@ -164,7 +164,7 @@ class OptimizerConfig(draccus.ChoiceRegistry):
     """Number of equal cycles, or a list of cycle end steps."""
     cycle_length: int | float | list[int] | None = None
     """Cycle length (int steps or fraction), or a list of cycle lengths."""
-    lr_schedule: ScheduleConfig = dataclasses.field(default_factory=lambda: parse_schedule("cosine"))
+    lr_schedule: ScheduleConfig | str = dataclasses.field(default_factory=lambda: parse_schedule("cosine"))
     """Schedule shape: a name (`cosine`) or a config (`{type: wsd, decay_style: exponential}`)."""
     schedule_units: Literal["steps", "tokens"] = "steps"
     """Unit of integer durations (warmup, decay, cycles...): steps, or tokens (needs tokens_per_step)."""
@@ -340,12 +340,16 @@ class OptimizerConfig(draccus.ChoiceRegistry):
         an absolute ``min_lr`` and ``warmup_init_lr`` are scaled by the same factor so that the
         shape, not just the peak, is shared.
         """
+        return build_lr_schedule(self.lr_schedule, self.schedule_context(num_train_steps, override_lr))
+
+    def schedule_context(self, num_train_steps: int, override_lr: float | None = None) -> ScheduleContext:
+        """What :meth:`lr_scheduler` hands the schedule: this config's schedule fields for one run."""
         check_num_train_steps(num_train_steps)
         peak = self.learning_rate if override_lr is None else override_lr
         if not _is_number(peak) or peak <= 0:
             raise ConfigError(f"override_lr={override_lr!r}: must be a number > 0")
         factor = peak / self.learning_rate
-        ctx = ScheduleContext(
+        return ScheduleContext(
             peak_lr=peak,
             num_train_steps=num_train_steps,
             min_lr_ratio=self.min_lr_ratio,
@@ -359,7 +363,6 @@ class OptimizerConfig(draccus.ChoiceRegistry):
             units=self.schedule_units,
             tokens_per_step=self.tokens_per_step,
         )
-        return build_lr_schedule(self.lr_schedule, ctx)
 
     def weight_decay_scheduler(self, num_train_steps: int) -> optax.Schedule | float:
         """Weight decay over the run: constant, or ``weight_decay -> weight_decay_end`` (Megatron)."""

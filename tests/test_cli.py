@@ -117,3 +117,25 @@ def test_console_script_exit_code_and_single_line():
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "did you mean 'lion'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        ["--optimizer.lr_schedule", "wsd"],
+        ["--optimizer.lr_schedule.type", "wsd"],
+        ["--optimizer.lr_schedule", "{type: wsd, decay_style: linear}"],
+    ],
+)
+def test_every_cli_spelling_of_a_schedule(capsys, spelling):
+    rc, out, err = run(capsys, "schedule", "--num_train_steps", "100", *spelling)
+    assert rc == 0, err
+    assert "'type': 'wsd'" in out.splitlines()[0]
+
+
+def test_yaml_schedule_as_a_bare_name(capsys, tmp_path):
+    cfg = tmp_path / "opt.yaml"
+    cfg.write_text("optimizer:\n  type: lion\n  lr_schedule: linear\n")
+    rc, out, err = run(capsys, "schedule", "--config_path", str(cfg))
+    assert rc == 0, err
+    assert "'type': 'linear'" in out.splitlines()[0]
