@@ -11,9 +11,16 @@ from marin_optim.config import (
     check_range,
 )
 from marin_optim.errors import ConfigError
+from marin_optim.optimizers._wrapper import NestedOptimizerConfig
 from marin_optim.optimizers.adam import AdamConfig, AdamWConfig
 from marin_optim.optimizers.adamax import AdamaxConfig
+from marin_optim.optimizers.cautious import CautiousConfig
 from marin_optim.optimizers.lion import LionConfig
+from marin_optim.optimizers.noop import NoOpConfig
+from marin_optim.optimizers.optax_registry import UNSUPPORTED as OPTAX_UNSUPPORTED
+from marin_optim.optimizers.optax_registry import optax_config
+from marin_optim.optimizers.sam import SAMConfig
+from marin_optim.optimizers.schedule_free import eval_params
 from marin_optim.optimizers.sgd import SGDConfig
 from marin_optim.params import leaf_paths, weight_decay_mask
 from marin_optim.schedules import (
@@ -30,13 +37,18 @@ from marin_optim.state import hyperparams
 from marin_optim.transforms.clipping import clip_by_global_norm
 
 __all__ = [
+    "OPTAX_UNSUPPORTED",
     "AdamConfig",
     "AdamWConfig",
     "AdamaxConfig",
+    "CautiousConfig",
     "ConfigError",
     "CycleSchedule",
     "LionConfig",
+    "NestedOptimizerConfig",
+    "NoOpConfig",
     "OptimizerConfig",
+    "SAMConfig",
     "SGDConfig",
     "ScheduleConfig",
     "ScheduleContext",
@@ -47,9 +59,11 @@ __all__ = [
     "check_range",
     "clip_by_global_norm",
     "encode_schedule",
+    "eval_params",
     "hyperparams",
     "key_steps",
     "leaf_paths",
+    "optax_config",
     "parse_schedule",
     "weight_decay_mask",
     "weight_decay_schedule",

@@ -131,6 +131,11 @@ def _check_keys(cls: type, yaml_tree: Any, overrides: dict[str, str], prefix: st
                 sub_cls = known[chosen]
             if sub_cls is not None:
                 _check_keys(sub_cls, sub_yaml, overrides, full + ".")
+        elif nested and getattr(tp, "__name__", "") == "NestedOptimizerConfig":
+            raise ConfigError(
+                f"{full}: a nested optimizer is one YAML value: "
+                f"pass --{full} '{{type: adamw, learning_rate: 3e-3}}'"
+            )
         elif nested or isinstance(sub_yaml, dict):
             sub = _dataclass_in(tp)
             if sub is not None:
@@ -260,6 +265,9 @@ def _field_doc(cls: type, name: str) -> str:
         text = doc.docstring_below or doc.comment_inline or doc.comment_above
         if text:
             return " ".join(text.split())
+    for f in dataclasses.fields(cls):  # generated configs (optax_*) carry their docs in metadata
+        if f.name == name and f.metadata.get("doc"):
+            return " ".join(str(f.metadata["doc"]).split())
     return ""
 
 

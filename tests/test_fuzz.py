@@ -76,7 +76,12 @@ def _field_strategies(cls: type) -> dict[str, st.SearchStrategy]:
             continue
         if f.name == "group_overrides":
             out[f.name] = st.sampled_from(
-                [None, [{"params": ["w*"], "weight_decay": 0.0}], [{"params": ["nomatch*"]}], [{"param": ["w*"]}]]
+                [
+                    None,
+                    [{"params": ["w*"], "weight_decay": 0.0}],
+                    [{"params": ["nomatch*"]}],
+                    [{"param": ["w*"]}],
+                ]
             )
         else:
             out[f.name] = _strategy(hints.get(f.name, Any), default)

@@ -1,0 +1,283 @@
+"""Adam's relatives: NAdamW, RAdam, AMSGrad, AdaBelief, AdEMAMix, ADOPT, MARS.
+
+Each is the shared template (clip -> direction -> decoupled decay -> ``-lr``) around one update
+direction, with Levanter-style field names (``beta1``, ``beta2``, ``epsilon``). Defaults follow
+our ``adam`` (``beta2=0.95``, ``weight_decay=0.1``) where the algorithm is an Adam variant used
+for language models, and the paper's elsewhere; each docstring says which reference it matches.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import optax
+
+from marin_optim.config import Duration, OptimizerConfig, check_duration, check_positive, check_range
+from marin_optim.transforms.ademamix import (
+    ademamix_alpha_schedule,
+    ademamix_beta3_schedule,
+    scale_by_ademamix,
+)
+from marin_optim.transforms.adopt import scale_by_adopt
+from marin_optim.transforms.amsgrad import scale_by_amsgrad
+from marin_optim.transforms.mars import scale_by_mars
+from marin_optim.transforms.nadam import scale_by_nadam
+from marin_optim.transforms.radam import scale_by_radam
+
+GROUP = "Adam family"
+
+# The injected hyperparameters of the update rule being built (read by AdEMAMix's direction()).
+_CURRENT_HP: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "_CURRENT_HP", default=None
+)
+
+
+def duration_steps(cfg: OptimizerConfig, value: Duration, num_train_steps: int) -> int:
+    """A duration field in steps: a float is a fraction of the run, an int a count of steps (or of
+    tokens with ``schedule_units: tokens``)."""
+    if isinstance(value, float):
+        return math.floor(value * num_train_steps + 1e-9)
+    if cfg.schedule_units == "tokens" and cfg.tokens_per_step:
+        return value // cfg.tokens_per_step
+    return value
+
+
+@OptimizerConfig.register_subclass("nadamw")
+@dataclass(frozen=True)
+class NAdamWConfig(OptimizerConfig):
+    """NAdamW: Adam with Nesterov momentum (Dozat's schedule) and decoupled weight decay.
+
+    Update (Dozat, 2016, https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ), with
+    ``mu_t = beta1 (1 - 0.5 * 0.96^(t * momentum_decay))`` and ``d = sqrt(v_hat) + epsilon``::
+
+        p = p - lr ((1 - mu_t) / (1 - prod mu_i) g / d + mu_{t+1} / (1 - prod mu_i mu_{t+1}) m / d + wd p)
+
+    Matches ``torch.optim.NAdam(decoupled_weight_decay=True)``. ``momentum_decay: null`` holds
+    ``mu_t = beta1`` (the simplified rule of ``optax.nadamw``).
+    """
+
+    beta1: float = 0.9
+    """Decay rate of the first moment (and the limit of the momentum schedule)."""
+    beta2: float = 0.95
+    """Decay rate of the second moment."""
+    epsilon: float = 1e-8
+    """Added to sqrt(v_hat) in the denominator."""
+    momentum_decay: float | None = 0.004
+    """psi of the momentum schedule (torch's default); null for a constant beta1."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_range(self, "momentum_decay", 0.0, allow_none=True)
+
+    def direction(self) -> optax.GradientTransformation:
+        return scale_by_nadam(self.beta1, self.beta2, self.epsilon, self.momentum_decay)
+
+
+@OptimizerConfig.register_subclass("radam")
+@dataclass(frozen=True)
+class RAdamConfig(OptimizerConfig):
+    """RAdam: Adam with the variance of its adaptive step rectified in early training.
+
+    Update (Liu et al., 2020, "On the Variance of the Adaptive Learning Rate and Beyond",
+    https://arxiv.org/abs/1908.03265, Algorithm 2), with ``rho_inf = 2 / (1 - beta2) - 1`` and
+    ``rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t)``::
+
+            r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+        u = r_t m_hat sqrt(1 - beta2^t) / (sqrt(v) + epsilon)   if rho_t > threshold,  else  u = m_hat
+        p = p - lr (u + wd p)
+
+    Matches ``torch.optim.RAdam(decoupled_weight_decay=True)`` and the authors' code, with
+    epsilon on ``sqrt(v)`` before the bias correction (``optax.scale_by_radam`` puts it on
+    ``sqrt(v_hat)``, which differs visibly in the first steps; ``optax_radam`` has that form).
+    """
+
+    beta1: float = 0.9
+    """Decay rate of the first moment."""
+    beta2: float = 0.95
+    """Decay rate of the second moment (sets rho_inf, hence how long the warmup lasts)."""
+    epsilon: float = 1e-8
+    """Added to sqrt(v) in the denominator (before the bias correction)."""
+    threshold: float = 5.0
+    """Rectify only once rho_t reaches this (SGD with momentum before)."""
+
+    def direction(self) -> optax.GradientTransformation:
+        return scale_by_radam(self.beta1, self.beta2, self.epsilon, self.threshold)
+
+
+@OptimizerConfig.register_subclass("amsgrad")
+@dataclass(frozen=True)
+class AMSGradConfig(OptimizerConfig):
+    """AMSGrad: Adam whose second-moment denominator never decreases.
+
+    Update (Reddi et al., 2018, https://openreview.net/forum?id=ryQu7f-RZ)::
+
+        v_max = max(v_max, v);   p = p - lr (m_hat / (sqrt(v_max / (1 - beta2^t)) + epsilon) + wd p)
+
+    Matches ``torch.optim.AdamW(amsgrad=True)`` (the maximum of the raw ``v``; optax's
+    ``scale_by_amsgrad`` takes it over the bias-corrected ``v_hat`` instead).
+    """
+
+    beta1: float = 0.9
+    """Decay rate of the first moment."""
+    beta2: float = 0.95
+    """Decay rate of the second moment."""
+    epsilon: float = 1e-8
+    """Added to the denominator."""
+
+    def direction(self) -> optax.GradientTransformation:
+        return scale_by_amsgrad(self.beta1, self.beta2, self.epsilon)
+
+
+@OptimizerConfig.register_subclass("adabelief")
+@dataclass(frozen=True)
+class AdaBeliefConfig(OptimizerConfig):
+    """AdaBelief: Adam whose denominator tracks the variance of g around its running mean.
+
+    Update (Zhuang et al., 2020, "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
+    Observed Gradients", https://arxiv.org/abs/2010.07468, Algorithm 2)::
+
+        m = beta1 m + (1 - beta1) g;   s = beta2 s + (1 - beta2) (g - m)^2 + epsilon_root
+        p = p - lr (m_hat / (sqrt(s_hat) + epsilon) + wd p)
+
+    The direction is ``optax.scale_by_belief``; defaults are the paper's.
+    """
+
+    beta1: float = 0.9
+    """Decay rate of the first moment."""
+    beta2: float = 0.999
+    """Decay rate of the belief (centred second moment)."""
+    epsilon: float = 1e-16
+    """Added to sqrt(s_hat) in the denominator."""
+    epsilon_root: float = 1e-16
+    """Added to s at every step (the paper's epsilon inside the moment)."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_range(self, "epsilon_root", 0.0)
+
+    def direction(self) -> optax.GradientTransformation:
+        return optax.scale_by_belief(self.beta1, self.beta2, self.epsilon, self.epsilon_root)
+
+
+@OptimizerConfig.register_subclass("ademamix")
+@dataclass(frozen=True)
+class AdEMAMixConfig(OptimizerConfig):
+    """AdEMAMix: Adam plus a slow momentum (beta3) mixed in with weight alpha.
+
+    Update (Pagliardini et al., 2024, https://arxiv.org/abs/2409.03300, Algorithm 1)::
+
+        m1 = beta1 m1 + (1 - beta1) g;  m2 = beta3 m2 + (1 - beta3) g;  v = beta2 v + (1 - beta2) g^2
+        p = p - lr ((m1_hat + alpha m2) / (sqrt(v_hat) + epsilon) + wd p)
+
+    With ``alpha_beta3_warmup`` (steps or a fraction of the run; the paper uses the whole run)
+    alpha rises linearly from 0 and beta3 from beta1 along the paper's schedule; both are
+    injected hyperparameters (``ademamix_alpha``, ``ademamix_beta3`` in ``hyperparams(state)``).
+    """
+
+    beta1: float = 0.9
+    """Decay rate of the fast first moment."""
+    beta2: float = 0.999
+    """Decay rate of the second moment."""
+    beta3: float = 0.9999
+    """Decay rate of the slow first moment."""
+    alpha: float = 5.0
+    """Weight of the slow momentum."""
+    epsilon: float = 1e-8
+    """Added to sqrt(v_hat) in the denominator."""
+    alpha_beta3_warmup: Duration | None = None
+    """Warmup of alpha and beta3 (int steps or fraction of the run); null: constant from the start."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_range(self, "beta3", 0.0, 1.0, hi_open=True)
+        check_range(self, "alpha", 0.0)
+        check_duration(self, "alpha_beta3_warmup", allow_none=True)
+
+    def hyperparameter_schedules(self, num_train_steps: int) -> dict[str, Any]:
+        out = super().hyperparameter_schedules(num_train_steps)
+        warmup = None
+        if self.alpha_beta3_warmup is not None:
+            warmup = duration_steps(self, self.alpha_beta3_warmup, num_train_steps)
+        out["ademamix_alpha"] = ademamix_alpha_schedule(self.alpha, warmup)
+        out["ademamix_beta3"] = ademamix_beta3_schedule(self.beta1, self.beta3, warmup)
+        return out
+
+    def update_rule(self, hp: Mapping[str, Any]) -> optax.GradientTransformation:
+        token = _CURRENT_HP.set(hp)
+        try:
+            return super().update_rule(hp)
+        finally:
+            _CURRENT_HP.reset(token)
+
+    def direction(self) -> optax.GradientTransformation:
+        hp = _CURRENT_HP.get() or {}
+        beta3, alpha = hp.get("ademamix_beta3", self.beta3), hp.get("ademamix_alpha", self.alpha)
+        return scale_by_ademamix(self.beta1, self.beta2, beta3, alpha, self.epsilon)
+
+
+@OptimizerConfig.register_subclass("adopt")
+@dataclass(frozen=True)
+class ADOPTConfig(OptimizerConfig):
+    """ADOPT: momentum of gradients normalised by the previous second moment (converges for any beta2).
+
+    Update (Taniguchi et al., 2024, https://arxiv.org/abs/2411.02853, Algorithm 2 with
+    clipping); the first step only records ``v = g^2``::
+
+        n = clip(g / max(sqrt(v_prev), epsilon), t^(1/4));  m = beta1 m + (1 - beta1) n
+        v = beta2 v + (1 - beta2) g^2;                      p = p - lr (m + wd p)
+
+    Levanter's defaults (``beta2=0.95``; the paper uses 0.9999). Levanter's own ``adopt``
+    bias-corrects ``m`` and does not clip; this follows the paper (as ``optax.contrib.adopt``).
+    """
+
+    beta1: float = 0.9
+    """Decay rate of the momentum."""
+    beta2: float = 0.95
+    """Decay rate of the second moment."""
+    epsilon: float = 1e-6
+    """Floor of sqrt(v) in the normalisation."""
+    clip: bool = True
+    """Clip the normalised gradient to [-t^(1/4), t^(1/4)] (the paper's stabiliser)."""
+    nesterov: bool = False
+    """Nesterov form of the momentum."""
+
+    def direction(self) -> optax.GradientTransformation:
+        return scale_by_adopt(self.beta1, self.beta2, self.epsilon, clip=self.clip, nesterov=self.nesterov)
+
+
+@OptimizerConfig.register_subclass("mars")
+@dataclass(frozen=True)
+class MARSConfig(OptimizerConfig):
+    """MARS: AdamW on a variance-reduced gradient (uses the previous step's gradient).
+
+    Update (Yuan et al., 2024, https://arxiv.org/abs/2411.10438, MARS-AdamW, approximate form)::
+
+        c = g_t + gamma beta1 / (1 - beta1) (g_t - g_{t-1});   c = c min(1, c_max_norm / ||c||)
+        p = p - lr (adam(c) + wd p)
+
+    Levanter's defaults. Levanter's ``mars`` spends ``max_grad_norm`` on ``c``; here the shared
+    clip (``max_grad_norm``) acts on ``g`` like for every optimizer and ``c_max_norm`` on ``c``.
+    """
+
+    beta1: float = 0.95
+    """Decay rate of the first moment (also scales the correction)."""
+    beta2: float = 0.99
+    """Decay rate of the second moment."""
+    gamma: float = 0.025
+    """Strength of the variance-reduction correction."""
+    epsilon: float = 1e-8
+    """Added to sqrt(v_hat) in the denominator."""
+    c_max_norm: float | None = 1.0
+    """Global-norm clip of the corrected gradient c (the paper clips at 1); null disables it."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_range(self, "gamma", 0.0)
+        check_positive(self, "c_max_norm", allow_none=True)
+
+    def direction(self) -> optax.GradientTransformation:
+        return scale_by_mars(self.beta1, self.beta2, self.gamma, self.epsilon, self.c_max_norm)
