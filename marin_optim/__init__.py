@@ -15,12 +15,15 @@ from marin_optim.optimizers._wrapper import NestedOptimizerConfig
 from marin_optim.optimizers.adam import AdamConfig, AdamWConfig
 from marin_optim.optimizers.adamax import AdamaxConfig
 from marin_optim.optimizers.cautious import CautiousConfig
+from marin_optim.optimizers.dion import DionConfig
 from marin_optim.optimizers.lion import LionConfig
+from marin_optim.optimizers.muon import MuonConfig, NorMuonConfig
 from marin_optim.optimizers.noop import NoOpConfig
 from marin_optim.optimizers.optax_registry import UNSUPPORTED as OPTAX_UNSUPPORTED
 from marin_optim.optimizers.optax_registry import optax_config
 from marin_optim.optimizers.sam import SAMConfig
 from marin_optim.optimizers.schedule_free import eval_params
+from marin_optim.optimizers.scion import ScionConfig
 from marin_optim.optimizers.sgd import SGDConfig
 from marin_optim.params import leaf_paths, weight_decay_mask
 from marin_optim.schedules import (
@@ -44,14 +47,18 @@ __all__ = [
     "CautiousConfig",
     "ConfigError",
     "CycleSchedule",
+    "DionConfig",
     "LionConfig",
+    "MuonConfig",
     "NestedOptimizerConfig",
     "NoOpConfig",
+    "NorMuonConfig",
     "OptimizerConfig",
     "SAMConfig",
     "SGDConfig",
     "ScheduleConfig",
     "ScheduleContext",
+    "ScionConfig",
     "build_lr_schedule",
     "check_choice",
     "check_duration",

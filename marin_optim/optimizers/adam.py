@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 import optax
 
-from marin_optim.config import OptimizerConfig
+from marin_optim.config import OptimizerConfig, check_choice
+from marin_optim.transforms.adam import scale_by_adam
+
+MOMENT_DTYPES = (None, "float32", "bfloat16")
 
 GROUP = "Adam family"
 
@@ -36,9 +39,25 @@ class AdamConfig(OptimizerConfig):
     """Added to sqrt(v_hat) in the denominator."""
     nesterov: bool = False
     """Use Nesterov momentum in the first moment (NAdam-style)."""
+    mu_dtype: str | None = None
+    """Storage dtype of the first moment: float32, bfloat16, or None (the parameter's dtype)."""
+    nu_dtype: str | None = None
+    """Storage dtype of the second moment (None: the parameter's); bfloat16 stalls if beta2 > ~0.99."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice(self, "mu_dtype", MOMENT_DTYPES)
+        check_choice(self, "nu_dtype", MOMENT_DTYPES)
 
     def direction(self) -> optax.GradientTransformation:
-        return optax.scale_by_adam(self.beta1, self.beta2, self.epsilon, nesterov=self.nesterov)
+        return scale_by_adam(
+            self.beta1,
+            self.beta2,
+            self.epsilon,
+            nesterov=self.nesterov,
+            mu_dtype=self.mu_dtype,
+            nu_dtype=self.nu_dtype,
+        )
 
 
 @OptimizerConfig.register_subclass("adamw")

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from marin_optim.transforms.skipping import materialize_on_cpu
+
 
 class ClipByGlobalNormState(NamedTuple):
     """Holds the global gradient norm seen by the latest update (before clipping)."""
@@ -23,6 +25,9 @@ def global_norm(tree: optax.Updates) -> jax.Array:
     leaves = jax.tree.leaves(tree)
     if not leaves:
         return jnp.zeros((), jnp.float32)
+    # Behind a (CPU-only, free) barrier, XLA cannot merge this g^2 / float32 cast with the same
+    # expression in the optimizer (Adam's g * g) and write it to a temporary buffer.
+    leaves = [materialize_on_cpu(g) for g in leaves]
     return jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves))
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from marin_optim.transforms.clipping import global_norm
+from marin_optim.transforms.skipping import update_keeping_state_on_skip
 
 
 class GuardState(NamedTuple):
@@ -83,20 +84,22 @@ def skip_step_guard(
     size = max(int(window), 1)
 
     def init_fn(params: optax.Params) -> GuardState:
-        zero_i = jnp.zeros((), jnp.int32)
-        zero_f = jnp.zeros((), jnp.float32)
+        # A fresh buffer per field: trainers donate the optimizer state, and XLA refuses to
+        # donate one buffer twice ("Attempt to donate the same buffer twice").
+        zero_i = lambda: jnp.zeros((), jnp.int32)
+        zero_f = lambda: jnp.zeros((), jnp.float32)
         return GuardState(
             inner_state=inner.init(params),
             losses=jnp.zeros((size,), jnp.float32),
             grad_norms=jnp.zeros((size,), jnp.float32),
-            recorded=zero_i,
-            next_index=zero_i,
-            skipped_steps=zero_i,
-            nonfinite_steps=zero_i,
-            consecutive_nonfinite=zero_i,
+            recorded=zero_i(),
+            next_index=zero_i(),
+            skipped_steps=zero_i(),
+            nonfinite_steps=zero_i(),
+            consecutive_nonfinite=zero_i(),
             last_skipped=jnp.zeros((), jnp.bool_),
-            loss_zscore=zero_f,
-            grad_norm_zscore=zero_f,
+            loss_zscore=zero_f(),
+            grad_norm_zscore=zero_f(),
         )
 
     def update_fn(updates, state: GuardState, params=None, **extra_args):
@@ -124,9 +127,12 @@ def skip_step_guard(
             loss_z = safe(loss32 - loss_mean, loss_std)
             grad_z = safe(grad_norm - gn_mean, gn_std)
 
-        new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
+        # new_inner = where(bad, old, new), computed so that the step stays copy-free on
+        # XLA:CPU (see transforms/skipping.py).
+        new_updates, new_inner = update_keeping_state_on_skip(
+            inner.update, bad, updates, state.inner_state, params, **extra_args
+        )
         new_updates = jax.tree.map(lambda u: jnp.where(bad, jnp.zeros_like(u), u), new_updates)
-        new_inner = tree_select(bad, state.inner_state, new_inner)
 
         record = finite  # spikes enter the window (as in OLMo-core); NaN/inf never do
         idx = state.next_index

@@ -1,0 +1,118 @@
+"""Dion: low-rank orthonormalised updates by power iteration with error feedback."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import optax
+
+from marin_optim.config import OptimizerConfig, check_positive, check_range
+from marin_optim.errors import ConfigError
+from marin_optim.optimizers.muon import MatrixOptimizerConfig
+from marin_optim.transforms.dion import scale_by_dion, scale_by_inverse_sqrt_fan_in_learning_rate
+
+GROUP = "Matrix-aware (orthogonalised updates)"
+
+
+@OptimizerConfig.register_subclass("dion")
+@dataclass(frozen=True)
+class DionConfig(MatrixOptimizerConfig):
+    """Dion: rank-r orthonormal updates by amortised power iteration with error feedback.
+
+    Matrix update (Ahn et al., 2025, "Dion: Distributed Orthonormalized Updates",
+    https://arxiv.org/abs/2504.05295, Algorithm 1; see
+    :func:`~marin_optim.transforms.dion.scale_by_dion`), for an ``m x n`` (out x in) matrix::
+
+        B = M + G;  P = QR(B Q);  R = B^T P;  M = B - (1 - momentum) P R^T;  Q = colnorm(R)
+        p = p - lr (sqrt(m / n) P Q^T + wd p)
+
+    with rank ``r = rank_multiple_of * ceil(rank_fraction * min(m, n) / rank_multiple_of)``.
+    Embeddings, norms and biases use AdamW at ``adam_lr``; the output head uses AdamW at
+    ``learning_rate / sqrt(d_model)`` (Dion's and OLMo-core's rule; logged as
+    ``lm_head/learning_rate``; ``scale_head_lr: false`` puts it with the embeddings instead).
+    Set ``adam_lr`` to ``learning_rate`` for Dion's own single-learning-rate setup.
+    """
+
+    learning_rate: float = 0.02
+    """Peak learning rate of the Dion (matrix) branch."""
+    adam_lr: float = 6e-4
+    """Peak learning rate of the AdamW branch (embeddings, norms, biases); same schedule shape."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay in every branch, multiplied by each branch's learning rate (Dion's default)."""
+    momentum: float = 0.95
+    """Dion's mu: the fraction of the captured low-rank part that stays in the momentum buffer."""
+    rank_fraction: float = 1.0
+    """Rank of the update as a fraction of min(out, in), in (0, 1]."""
+    rank_multiple_of: int = 1
+    """Round the rank up to a multiple of this."""
+    dion_epsilon: float = 1e-8
+    """Added to the column norms of R."""
+    scale_head_lr: bool = True
+    """Update the output head with AdamW at learning_rate / sqrt(d_model) (Dion's rule); false:
+    at adam_lr, like the embeddings."""
+    seed: int = 0
+    """Seed of the random initial power-iteration factor Q."""
+    beta1: float = 0.9
+    """AdamW branches: decay rate of the first moment."""
+    beta2: float = 0.95
+    """AdamW branches: decay rate of the second moment."""
+    epsilon: float = 1e-8
+    """AdamW branches: added to sqrt(v_hat)."""
+
+    BRANCHES: ClassVar[dict[str, str]] = {
+        "matrix": "dion",
+        "embedding": "adam",
+        "head": "lm_head",
+        "vector": "adam",
+    }
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive(self, "adam_lr")
+        check_range(self, "rank_fraction", 0.0, 1.0, lo_open=True)
+        if isinstance(self.rank_multiple_of, bool) or not isinstance(self.rank_multiple_of, int):
+            raise ConfigError(f"dion.rank_multiple_of={self.rank_multiple_of!r}: must be an int >= 1")
+        if self.rank_multiple_of < 1:
+            raise ConfigError(f"dion.rank_multiple_of={self.rank_multiple_of!r}: must be an int >= 1")
+        check_range(self, "dion_epsilon", 0.0)
+
+    @property
+    def branches(self) -> dict[str, str]:
+        return dict(self.BRANCHES) if self.scale_head_lr else {**self.BRANCHES, "head": "adam"}
+
+    def hyperparameter_schedules(self, num_train_steps: int) -> dict[str, Any]:
+        schedules = super().hyperparameter_schedules(num_train_steps)
+        schedules["adam_learning_rate"] = self.lr_scheduler(num_train_steps, override_lr=self.adam_lr)
+        return schedules
+
+    def _adam(
+        self, hp: Mapping[str, Any], scale: optax.GradientTransformation
+    ) -> optax.GradientTransformation:
+        return optax.chain(
+            optax.scale_by_adam(self.beta1, self.beta2, self.epsilon), *self.weight_decay_step(hp), scale
+        )
+
+    def update_rule(self, hp: Mapping[str, Any]) -> optax.GradientTransformation:
+        labeler = self.labeler()
+        dion = optax.chain(
+            scale_by_dion(
+                labeler.matrix_axes,
+                momentum=self.momentum,
+                rank_fraction=self.rank_fraction,
+                rank_multiple_of=self.rank_multiple_of,
+                eps=self.dion_epsilon,
+                seed=self.seed,
+            ),
+            *self.weight_decay_step(hp),
+            optax.scale_by_learning_rate(hp["learning_rate"]),
+        )
+        branches = {
+            "dion": dion,
+            "adam": self._adam(hp, optax.scale_by_learning_rate(hp["adam_learning_rate"])),
+        }
+        if self.scale_head_lr:
+            head_lr = scale_by_inverse_sqrt_fan_in_learning_rate(hp["learning_rate"], labeler.matrix_axes)
+            branches["lm_head"] = self._adam(hp, head_lr)
+        return self.partition(branches)

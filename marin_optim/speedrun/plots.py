@@ -1,0 +1,87 @@
+"""Loss-curve PNGs (matplotlib, headless), written atomically."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from marin_optim.speedrun.results import write_atomic
+
+
+@dataclass
+class Curve:
+    """One run's losses: per-step training loss and the evaluations."""
+
+    train_steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+
+    @staticmethod
+    def from_rows(rows: Sequence[Mapping]) -> Curve:
+        c = Curve()
+        for r in rows:
+            if "loss" in r:
+                c.train_steps.append(int(r["step"]))
+                c.train_loss.append(float(r["loss"]))
+            if "eval_loss" in r:
+                c.eval_steps.append(int(r["step"]))
+                c.eval_loss.append(float(r["eval_loss"]))
+        return c
+
+
+def smooth(values: Sequence[float], alpha: float = 0.1) -> np.ndarray:
+    """Bias-corrected exponential moving average (as TensorBoard's smoothing)."""
+    out, avg, weight = [], 0.0, 0.0
+    for v in values:
+        avg = (1 - alpha) * avg + alpha * v
+        weight = (1 - alpha) * weight + alpha
+        out.append(avg / weight)
+    return np.asarray(out)
+
+
+def plot_curves(
+    path: str | Path,
+    curves: Mapping[str, Curve],
+    title: str,
+    loss_floor: float | None = None,
+) -> Path:
+    """Training loss (smoothed, raw faint) and evaluation loss (markers) for each run, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lows = []
+    for i, (label, c) in enumerate(curves.items()):
+        color = colors[i % len(colors)]
+        if c.train_steps:
+            ax.plot(c.train_steps, c.train_loss, color=color, alpha=0.2, linewidth=0.8)
+            ax.plot(c.train_steps, smooth(c.train_loss), color=color, linewidth=1.5, label=f"{label} train")
+            lows.append(min(c.train_loss))
+        if c.eval_steps:
+            ax.plot(c.eval_steps, c.eval_loss, color=color, marker="o", linestyle="--", label=f"{label} eval")
+            lows.append(min(c.eval_loss))
+    if loss_floor is not None:
+        ax.axhline(loss_floor, color="black", linestyle=":", label=f"entropy floor {loss_floor:.3f}")
+        lows.append(loss_floor)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / byte)")
+    ax.set_title(title)
+    if lows:
+        # The first steps sit near ln(256) = 5.5; keep the interesting range readable.
+        ax.set_ylim(bottom=min(lows) * 0.95)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+    return Path(path)

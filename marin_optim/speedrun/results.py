@@ -1,0 +1,127 @@
+"""The files a run leaves behind, written so that a failed run never clobbers a good one.
+
+``metrics.partial.jsonl`` grows while the run trains (one row per step, one per evaluation);
+only a run that finishes writes, each through a temporary file and an atomic rename,
+``loss_curve.png``, ``metrics.jsonl``, ``config.yaml`` and, last, ``results.json`` (Marin's
+speedrun layout: ``{"runs": [{"run_info": {...}}]}``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULTS = "results.json"
+METRICS = "metrics.jsonl"
+PARTIAL_METRICS = "metrics.partial.jsonl"
+CONFIG = "config.yaml"
+PLOT = "loss_curve.png"
+CHECKPOINTS = "checkpoints"
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Writes ``data`` to a temporary file beside ``path`` and renames it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(_jsonable(obj), indent=2, sort_keys=True)
+
+
+def write_results(run_dir: str | Path, run_info: dict[str, Any]) -> Path:
+    path = Path(run_dir) / RESULTS
+    write_atomic(path, dumps({"runs": [{"run_info": run_info}]}) + "\n")
+    return path
+
+
+def read_results(run_dir: str | Path) -> dict[str, Any]:
+    """The ``run_info`` of a finished run's ``results.json``."""
+    data = json.loads((Path(run_dir) / RESULTS).read_text())
+    return data["runs"][0]["run_info"]
+
+
+class MetricsLog:
+    """Appends JSON rows to ``metrics.partial.jsonl``; ``finish()`` publishes it as ``metrics.jsonl``."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / PARTIAL_METRICS
+        self.enabled = enabled
+        self._file = None
+
+    def open(self, keep_up_to_step: int | None) -> list[dict[str, Any]]:
+        """Opens for appending; with ``keep_up_to_step`` (a resume) drops rows of later steps and
+        returns the rows kept, else starts empty."""
+        rows: list[dict[str, Any]] = []
+        if not self.enabled:
+            return rows
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if keep_up_to_step is not None and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                if row.get("step", math.inf) <= keep_up_to_step:
+                    rows.append(row)
+        write_atomic(self.path, "".join(json.dumps(_jsonable(r)) + "\n" for r in rows))
+        self._file = self.path.open("a")
+        return rows
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(_jsonable(row)) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def finish(self) -> Path:
+        self.close()
+        final = self.run_dir / METRICS
+        if self.enabled:
+            os.replace(self.path, final)
+        return final
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows

@@ -1,0 +1,673 @@
+"""The speedrun trainer: a Levanter-style loop around one jitted, buffer-donating train step.
+
+``run_speedrun(cfg)`` does, in order:
+
+1. ``preflight``: every check that needs the machine (device count, mesh, divisibility of the
+   batch and the sharded axes, data files, the run directory, a resumed config) — bad input fails
+   here with one ``ConfigError`` line, before anything is compiled;
+2. loads the data and builds the optimizer with ``cfg.optimizer.build(num_train_steps)``;
+3. initialises (or restores) float32 parameters and optimizer state directly into their shardings;
+4. compiles the step ahead of time (timed separately), evaluates, and trains: each step computes
+   the loss and gradients in the compute dtype (microbatches scanned for gradient accumulation),
+   calls ``tx.update(grads, state, params, loss=loss, obj_fn=obj_fn)`` and logs every value of
+   ``hyperparams(state)``;
+5. evaluates and checkpoints on schedule, and at the end publishes results, metrics, config and
+   the loss curve.
+
+The host never waits on the step it just dispatched: metrics of step ``s`` are read after step
+``s + 1`` is queued.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import haliax as hax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from marin_optim.errors import ConfigError
+from marin_optim.speedrun import results as res
+from marin_optim.speedrun.checkpoint import Checkpointer
+from marin_optim.speedrun.config import SpeedrunConfig, config_differences
+from marin_optim.speedrun.data import SequenceSampler, TokenDataset, check_files_exist, load_dataset
+from marin_optim.speedrun.mesh import (
+    batch_sharding,
+    check_divisibility,
+    make_mesh,
+    replicated,
+    sharding_tree,
+)
+from marin_optim.speedrun.model import VOCAB_SIZE, Transformer, cast_floating, next_token_loss
+from marin_optim.speedrun.plots import Curve, plot_curves
+from marin_optim.state import hyperparams
+
+Hook = Callable[[int], None]
+"""Called with the step number after each step's logging, evaluation and checkpoint."""
+
+
+@dataclass
+class SpeedrunResult:
+    """What a finished run returns: the results ``run_info`` and the final trained state."""
+
+    run_info: dict[str, Any]
+    run_dir: Path
+    params: Any = None
+    opt_state: Any = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything preflight resolved from the config and the machine."""
+
+    mesh_shape: tuple[int, int]
+    num_devices: int
+    compute_dtype: Any
+    run_dir: Path
+    resume_step: int | None
+    resume_meta: dict[str, Any] | None
+
+
+# ---- setup ------------------------------------------------------------------------------
+
+
+def initialize_distributed(cfg: SpeedrunConfig) -> None:
+    """``jax.distributed.initialize`` for multi-process runs (gloo collectives on CPU)."""
+    d = cfg.distributed
+    if not d.enabled or jax.distributed.is_initialized():
+        return
+    # Cross-process collectives between CPU devices need gloo; accelerators use their own.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=d.coordinator_address, num_processes=d.num_processes, process_id=d.process_id
+    )
+
+
+def resolve_compute_dtype(name: str) -> Any:
+    if name == "float32":
+        return jnp.float32
+    if name == "bfloat16":
+        return jnp.bfloat16
+    # XLA:CPU emulates bfloat16 matmuls (measured ~3.6x slower than float32 here).
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+
+
+def preflight(cfg: SpeedrunConfig) -> Plan:
+    """Checks everything that depends on the machine; raises one ConfigError line on bad input."""
+    t = cfg.train
+    device_count = jax.device_count()
+    data, model = t.mesh.resolve(device_count)
+    if t.microbatch_size % data:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size}: the microbatch of {t.microbatch_size} sequences "
+            f"(batch_size / grad_accum={t.grad_accum}) is not divisible by the data axis "
+            f"(train.mesh.data={data})"
+        )
+    m = cfg.model
+    mesh_shape = {"data": data, "model": model}
+    sizes = {
+        "embed": m.hidden_dim,
+        "mlp": m.intermediate_dim,
+        "kv_heads": m.num_kv_heads,
+        "vocab": VOCAB_SIZE,
+    }
+    check_divisibility(sizes, t.mesh.parameter_mapping(), mesh_shape, "train.mesh")
+    check_divisibility(sizes, t.mesh.compute_mapping(), mesh_shape, "train.mesh")
+    check_files_exist(cfg.data)
+
+    run_dir = Path(cfg.run_dir)
+    ckpt_dir = run_dir / res.CHECKPOINTS
+    latest = _latest_checkpoint(ckpt_dir)
+    resume_step, resume_meta = None, None
+    if cfg.resume and latest is not None:
+        ckpt = Checkpointer(ckpt_dir, keep=t.checkpoints_to_keep)
+        try:
+            resume_meta = ckpt.read_meta(latest)
+        finally:
+            ckpt.close()
+        resume_step = latest
+        diffs = config_differences(resume_meta.get("config", {}), cfg.to_dict())
+        if diffs and not cfg.allow_config_change:
+            raise ConfigError(
+                f"resume: the config differs from the checkpoint at step {latest} in {len(diffs)} field(s): "
+                + "; ".join(diffs)
+                + " (pass --allow_config_change true to continue anyway)"
+            )
+    elif not cfg.resume and latest is not None and not cfg.overwrite:
+        unfinished = (run_dir / res.PARTIAL_METRICS).exists() or not (run_dir / res.RESULTS).exists()
+        if unfinished:
+            raise ConfigError(
+                f"output_dir={str(run_dir)!r} holds an unfinished run (checkpoint at step {latest}); "
+                "pass --resume true to continue it or --overwrite true to start over"
+            )
+    return Plan(
+        mesh_shape=(data, model),
+        num_devices=data * model,
+        compute_dtype=resolve_compute_dtype(t.compute_dtype),
+        run_dir=run_dir,
+        resume_step=resume_step,
+        resume_meta=resume_meta,
+    )
+
+
+def _latest_checkpoint(ckpt_dir: Path) -> int | None:
+    if not ckpt_dir.is_dir():
+        return None
+    steps = [int(p.name) for p in ckpt_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(steps) if steps else None
+
+
+def eval_plan(cfg: SpeedrunConfig, dataset: TokenDataset) -> np.ndarray:
+    """The fixed validation sequences: evenly spaced over the held-out stream, ``[n, seq_len + 1]``."""
+    t = cfg.train
+    sampler = SequenceSampler(dataset.val, t.seq_len, dataset.stride, seed=0, shuffle=False)
+    micro = t.microbatch_size
+    wanted = math.ceil(t.eval_sequences / micro) * micro
+    available = (sampler.num_chunks // micro) * micro
+    if available == 0:
+        raise ConfigError(
+            f"data: the validation split holds {sampler.num_chunks} sequence(s) of {t.seq_len + 1} bytes, "
+            f"fewer than one eval batch of {micro}; raise data.val_fraction or lower train.seq_len/batch_size"
+        )
+    n = min(wanted, available)
+    ids = np.linspace(0, sampler.num_chunks - 1, n).round().astype(np.int64)
+    starts = ids * dataset.stride
+    return dataset.val[starts[:, None] + np.arange(t.seq_len + 1)[None, :]]
+
+
+# ---- the compiled functions ---------------------------------------------------------------
+
+
+def make_step_functions(
+    cfg: SpeedrunConfig, tx: optax.GradientTransformation, compute_dtype: Any, mesh: jax.sharding.Mesh
+) -> tuple[Callable, Callable, Callable, Any, Any]:
+    """``(init, train_step, eval_loss, param_shardings, opt_shardings)``, jitted with shardings."""
+    t, m = cfg.train, cfg.model
+    param_mapping = t.mesh.parameter_mapping()
+    compute_mapping = t.mesh.compute_mapping()
+
+    def init_params(key: jax.Array) -> Transformer:
+        return Transformer.init(m, key=key)
+
+    abstract_params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+    param_sh = sharding_tree(abstract_params, param_mapping, mesh)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_sh = sharding_tree(abstract_opt, param_mapping, mesh)
+    batch_sh = batch_sharding(mesh)
+    rep = replicated(mesh)
+
+    def micro_loss(params: Transformer, inputs: jax.Array, targets: jax.Array) -> jax.Array:
+        with hax.axis_mapping(compute_mapping):
+            return next_token_loss(cast_floating(params, compute_dtype), inputs, targets)
+
+    grad_fn = jax.value_and_grad(micro_loss)
+
+    def train_step(params: Transformer, opt_state: Any, batch: jax.Array):
+        tokens = batch.astype(jnp.int32)
+        inputs, targets = tokens[..., :-1], tokens[..., 1:]
+        if t.grad_accum == 1:
+            loss, grads = grad_fn(params, inputs[0], targets[0])
+        else:
+
+            def accumulate(carry, xy):
+                loss_sum, grad_sum = carry
+                loss, grads = grad_fn(params, *xy)
+                return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            (loss, grads), _ = jax.lax.scan(
+                accumulate, (jnp.zeros((), jnp.float32), zeros), (inputs, targets)
+            )
+            loss = loss / t.grad_accum
+            grads = jax.tree.map(lambda g: g / t.grad_accum, grads)
+        grads = hax.shard(grads, param_mapping)
+
+        def obj_fn(p: Transformer) -> jax.Array:
+            # The loss on this step's whole batch as a function of the parameters (SAM-style
+            # optimizers differentiate it); traced only if the optimizer calls it.
+            return jnp.mean(jax.lax.map(lambda xy: micro_loss(p, *xy), (inputs, targets)))
+
+        updates, opt_state = tx.update(grads, opt_state, params, loss=loss, obj_fn=obj_fn)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": loss, **hyperparams(opt_state)}
+
+    def eval_loss(params: Transformer, opt_state: Any, batch: jax.Array) -> jax.Array:
+        # Schedule-free and averaging optimizers are evaluated at their averaged point.
+        params = _eval_params(opt_state, params)
+        tokens = batch.astype(jnp.int32)
+        return micro_loss(params, tokens[0, :, :-1], tokens[0, :, 1:])
+
+    init = jax.jit(init_params, out_shardings=param_sh)
+    step = jax.jit(
+        train_step,
+        in_shardings=(param_sh, opt_sh, batch_sh),
+        out_shardings=(param_sh, opt_sh, rep),
+        donate_argnums=(0, 1),
+    )
+    evaluate = jax.jit(eval_loss, in_shardings=(param_sh, opt_sh, batch_sh), out_shardings=rep)
+    return init, step, evaluate, param_sh, opt_sh
+
+
+def global_batch(tokens: np.ndarray, grad_accum: int, sharding: jax.sharding.Sharding) -> jax.Array:
+    """``[batch, seq_len + 1]`` host bytes -> a global ``[grad_accum, micro, seq_len + 1]`` array.
+
+    Every process holds the same host batch (it is cheap to produce) and contributes the rows its
+    devices own, so this works unchanged across processes.
+    """
+    shaped = tokens.reshape(grad_accum, -1, tokens.shape[-1])
+    return jax.make_array_from_callback(shaped.shape, sharding, lambda idx: shaped[idx])
+
+
+# ---- the run ------------------------------------------------------------------------------
+
+
+def run_speedrun(
+    cfg: SpeedrunConfig,
+    *,
+    hooks: Sequence[Hook] = (),
+    log: Callable[[str], None] | None = None,
+    keep_state: bool = False,
+) -> SpeedrunResult:
+    """Runs (or resumes) the speedrun described by ``cfg`` and returns its results.
+
+    ``hooks`` are called with each finished step (tests use them to kill a run). ``keep_state``
+    returns the final parameters and optimizer state in the result.
+    """
+    initialize_distributed(cfg)
+    plan = preflight(cfg)
+    is_main = jax.process_index() == 0
+    say = (log or _print) if is_main else (lambda _msg: None)
+    t = cfg.train
+    finished = plan.run_dir / res.RESULTS
+    if (
+        plan.resume_step is not None
+        and plan.resume_step >= t.num_train_steps
+        and finished.exists()
+        and not (plan.run_dir / res.PARTIAL_METRICS).exists()
+    ):
+        say(f"{plan.run_dir} already finished {plan.resume_step} steps; results: {finished}")
+        return SpeedrunResult(run_info=res.read_results(plan.run_dir), run_dir=plan.run_dir)
+
+    dataset = load_dataset(cfg.data, t.seq_len, t.seed)
+    eval_tokens = eval_plan(cfg, dataset)
+    sampler = SequenceSampler(dataset.train, t.seq_len, dataset.stride, seed=_data_seed(cfg))
+    if sampler.num_chunks < 1:
+        raise ConfigError(
+            f"data: the training split has {len(dataset.train)} bytes, "
+            f"fewer than one sequence of {t.seq_len + 1}"
+        )
+    if plan.resume_meta is not None and plan.resume_meta.get("data_fingerprint") != dataset.fingerprint:
+        if not cfg.allow_config_change:
+            raise ConfigError(
+                "resume: the data differ from the checkpoint's "
+                f"(fingerprint {plan.resume_meta.get('data_fingerprint')} "
+                f"-> {dataset.fingerprint}); pass --allow_config_change true to continue anyway"
+            )
+    tx = cfg.optimizer.build(t.num_train_steps)
+
+    say(_header(cfg, plan, dataset))
+    say("resolved config:\n" + _indent(cfg.to_yaml()))
+
+    mesh = make_mesh(t.mesh)
+    with hax.partitioning.set_mesh(mesh):
+        return _train(cfg, plan, dataset, sampler, eval_tokens, tx, mesh, hooks, say, is_main, keep_state)
+
+
+def _train(
+    cfg: SpeedrunConfig,
+    plan: Plan,
+    dataset: TokenDataset,
+    sampler: SequenceSampler,
+    eval_tokens: np.ndarray,
+    tx: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    hooks: Sequence[Hook],
+    say: Callable[[str], None],
+    is_main: bool,
+    keep_state: bool,
+) -> SpeedrunResult:
+    t = cfg.train
+    run_dir = plan.run_dir
+    wall_start = time.perf_counter()
+    init, step_fn, eval_fn, param_sh, opt_sh = make_step_functions(cfg, tx, plan.compute_dtype, mesh)
+    batch_sh = batch_sharding(mesh)
+
+    ckpt_dir = run_dir / res.CHECKPOINTS
+    # Every process has finished reading the run directory (preflight) before anyone changes it.
+    _sync("marin_optim_speedrun_preflight")
+    if plan.resume_step is None:
+        if is_main and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)  # a finished (or overwritten) earlier run's checkpoints
+        _sync("marin_optim_speedrun_clear")
+    checkpointer = Checkpointer(ckpt_dir, keep=t.checkpoints_to_keep)
+
+    params = init(jax.random.PRNGKey(t.seed))
+    opt_state = jax.jit(tx.init, in_shardings=(param_sh,), out_shardings=opt_sh)(params)
+    start_step, consumed, train_time = 0, 0, 0.0
+    if plan.resume_step is not None:
+        params, opt_state, meta = checkpointer.restore(plan.resume_step, params, opt_state)
+        start_step = int(meta["step"])
+        consumed = int(meta["sequences_consumed"])
+        train_time = float(meta["training_time"])
+        say(f"resumed from {ckpt_dir} at step {start_step} ({consumed} sequences consumed)")
+    elif cfg.resume:
+        say(f"resume: no checkpoint in {ckpt_dir}; starting from step 0")
+
+    metrics = res.MetricsLog(run_dir, enabled=is_main)
+    history = metrics.open(keep_up_to_step=start_step if plan.resume_step is not None else None)
+    curve = Curve.from_rows(history)
+
+    eval_batches = [
+        global_batch(eval_tokens[i : i + t.microbatch_size], 1, batch_sh)
+        for i in range(0, len(eval_tokens), t.microbatch_size)
+    ]
+
+    def evaluate(step: int) -> float:
+        losses = [eval_fn(params, opt_state, b) for b in eval_batches]
+        loss = float(np.mean(jax.device_get(losses)))
+        row = {"step": step, "eval_loss": loss, "eval_bpb": loss / math.log(2)}
+        if dataset.loss_floor is not None:
+            row["eval_gap_to_floor"] = loss - dataset.loss_floor
+        metrics.write(row)
+        curve.eval_steps.append(step)
+        curve.eval_loss.append(loss)
+        return loss
+
+    def checkpoint(step: int) -> None:
+        meta = {
+            "step": step,
+            "sequences_consumed": consumed,
+            "training_time": train_time,
+            "data_fingerprint": dataset.fingerprint,
+            "config": cfg.to_dict(),
+        }
+        checkpointer.save(step, params, opt_state, meta)
+
+    compile_start = time.perf_counter()
+    first_batch = global_batch(sampler.sequences(consumed, t.batch_size), t.grad_accum, batch_sh)
+    compiled = step_fn.lower(params, opt_state, first_batch).compile()
+    compile_time = time.perf_counter() - compile_start
+    say(f"compiled the train step in {compile_time:.1f}s")
+
+    if start_step == 0:
+        loss0 = evaluate(0)
+        say(f"step 0: eval_loss {loss0:.4f} (bpb {loss0 / math.log(2):.3f})")
+
+    progress = _progress(t.num_train_steps, start_step, enabled=is_main)
+    pending: tuple[int, Any] | None = None
+    last_loss = math.nan
+    tokens_done_here = 0
+    segment_start = time.perf_counter()
+    window: list[tuple[float, int]] = [(segment_start, 0)]
+    batch = first_batch
+
+    def drain() -> None:
+        nonlocal pending, last_loss
+        if pending is None:
+            return
+        step_done, values = pending
+        pending = None
+        values = {k: _scalar(v) for k, v in jax.device_get(values).items()}
+        last_loss = values["loss"]
+        now = time.perf_counter()
+        window.append((now, tokens_done_here))
+        del window[:-20]
+        (t0, n0), (t1, n1) = window[0], window[-1]
+        rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        row = {
+            "step": step_done,
+            "tokens": step_done * t.tokens_per_step,
+            "training_time": train_time + (now - segment_start),
+            "tokens_per_second": rate,
+            **values,
+        }
+        metrics.write(row)
+        curve.train_steps.append(step_done)
+        curve.train_loss.append(last_loss)
+        if progress is not None:
+            progress.set_postfix(
+                loss=f"{last_loss:.3f}",
+                tok_s=f"{rate:,.0f}",
+                lr=f"{values.get('learning_rate', math.nan):.2e}",
+            )
+
+    def pause_clock() -> None:
+        nonlocal train_time, segment_start
+        jax.block_until_ready(params)
+        drain()
+        train_time += time.perf_counter() - segment_start
+
+    def resume_clock() -> None:
+        nonlocal segment_start
+        segment_start = time.perf_counter()
+        window[:] = [(segment_start, tokens_done_here)]
+
+    try:
+        for step in range(start_step + 1, t.num_train_steps + 1):
+            params, opt_state, step_metrics = compiled(params, opt_state, batch)
+            consumed += t.batch_size
+            tokens_done_here += t.tokens_per_step
+            drain()
+            pending = (step, step_metrics)
+            if progress is not None:
+                progress.update(1)
+            is_last = step == t.num_train_steps
+            do_eval = is_last or (t.eval_interval and step % t.eval_interval == 0)
+            do_ckpt = is_last or (t.checkpoint_interval and step % t.checkpoint_interval == 0)
+            if not is_last:
+                batch = global_batch(sampler.sequences(consumed, t.batch_size), t.grad_accum, batch_sh)
+            if do_eval or do_ckpt:
+                pause_clock()
+                if do_eval:
+                    loss = evaluate(step)
+                    msg = (
+                        f"step {step}: train_loss {last_loss:.4f}  "
+                        f"eval_loss {loss:.4f} (bpb {loss / math.log(2):.3f})"
+                    )
+                    if progress is not None and not progress.disable:
+                        progress.write(msg)
+                    else:
+                        say(msg)
+                if do_ckpt:
+                    checkpoint(step)
+                resume_clock()
+            for hook in hooks:
+                hook(step)
+        pause_clock()
+    except BaseException:
+        metrics.close()  # the partial log stays for --resume; nothing is published
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+        checkpointer.close()
+
+    final_eval = (
+        curve.eval_loss[-1] if curve.eval_steps and curve.eval_steps[-1] == t.num_train_steps else None
+    )
+    if final_eval is None:  # resumed at the very end: evaluate what was restored
+        final_eval = evaluate(t.num_train_steps)
+    final_train = (
+        last_loss if not math.isnan(last_loss) else (curve.train_loss[-1] if curve.train_loss else math.nan)
+    )
+    wall_time = time.perf_counter() - wall_start
+    run_info = build_run_info(
+        cfg, plan, dataset, params, train_time, compile_time, wall_time, final_train, final_eval, curve
+    )
+    if not is_main:
+        metrics.close()
+    else:
+        plot_curves(
+            run_dir / res.PLOT,
+            {cfg.optimizer_name: curve},
+            title=f"{cfg.optimizer_name} / model {cfg.model.preset} / data {cfg.data.resolved_source}",
+            loss_floor=dataset.loss_floor,
+        )
+        metrics.finish()
+        res.write_atomic(run_dir / res.CONFIG, cfg.to_yaml())
+        path = res.write_results(run_dir, run_info)
+        say(_summary(run_info, path))
+    _sync("marin_optim_speedrun_done")
+    return SpeedrunResult(
+        run_info=run_info,
+        run_dir=run_dir,
+        params=params if keep_state else None,
+        opt_state=opt_state if keep_state else None,
+    )
+
+
+# ---- results ------------------------------------------------------------------------------
+
+
+def count_parameters(params: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def build_run_info(
+    cfg: SpeedrunConfig,
+    plan: Plan,
+    dataset: TokenDataset,
+    params: Any,
+    train_time: float,
+    compile_time: float,
+    wall_time: float,
+    final_train_loss: float,
+    eval_loss: float,
+    curve: Curve,
+) -> dict[str, Any]:
+    """Marin's speedrun fields, plus what a byte-level CPU run can add (bpb, entropy floor)."""
+    t, m = cfg.train, cfg.model
+    total_tokens = t.num_train_steps * t.tokens_per_step
+    flops_per_token = m.flops_per_token(t.seq_len)
+    device = jax.devices()[0]
+    info: dict[str, Any] = {
+        "author": dataclasses.asdict(cfg.author),
+        "description": cfg.description,
+        "optimizer": cfg.optimizer_name,
+        "config": cfg.to_dict(),
+        "model_size": count_parameters(params),
+        "total_tokens": total_tokens,
+        "model_flops_per_token": flops_per_token,
+        "model_flops": 3 * flops_per_token * total_tokens,
+        "num_devices": plan.num_devices,
+        "num_processes": jax.process_count(),
+        "mesh": {"data": plan.mesh_shape[0], "model": plan.mesh_shape[1]},
+        "device_type": f"{device.platform}:{getattr(device, 'device_kind', '')}",
+        "device_flops": None,
+        "training_hardware_flops": None,
+        "compute_dtype": jnp.dtype(plan.compute_dtype).name,
+        "training_time": train_time,
+        "training_time_in_minutes": train_time / 60,
+        "compile_time": compile_time,
+        "wall_time": wall_time,
+        "tokens_per_second": total_tokens / train_time if train_time > 0 else None,
+        "final_train_loss": final_train_loss,
+        "eval_loss": eval_loss,
+        "eval_bpb": eval_loss / math.log(2),
+        "initial_eval_loss": curve.eval_loss[0] if curve.eval_steps and curve.eval_steps[0] == 0 else None,
+        "eval_steps": curve.eval_steps,
+        "eval_losses": curve.eval_loss,
+        "data": {
+            "name": dataset.name,
+            "fingerprint": dataset.fingerprint,
+            "train_bytes": len(dataset.train),
+            "val_bytes": len(dataset.val),
+            "documents": list(dataset.num_documents),
+        },
+        "loss_floor": dataset.loss_floor,
+        "eval_gap_to_floor": None if dataset.loss_floor is None else eval_loss - dataset.loss_floor,
+        "run_completion_timestamp": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "versions": {"python": platform.python_version(), "jax": jax.__version__, "optax": optax.__version__},
+    }
+    return info
+
+
+# ---- small helpers ------------------------------------------------------------------------
+
+
+def _eval_params(opt_state: Any, params: Any) -> Any:
+    """Where to evaluate: the optimizer's averaged iterate if it keeps one, else ``params``."""
+    try:
+        from marin_optim.optimizers.schedule_free import eval_params
+    except ImportError:  # pragma: no cover - the module ships with marin_optim
+        return params
+    return eval_params(opt_state, params)
+
+
+def _data_seed(cfg: SpeedrunConfig) -> int:
+    return cfg.train.seed if cfg.data.seed is None else cfg.data.seed
+
+
+def _scalar(v: Any) -> Any:
+    a = np.asarray(v)
+    return a.item() if a.size == 1 else a.tolist()
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _indent(text: str) -> str:
+    return "".join("  " + line + "\n" for line in text.rstrip().splitlines())
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    # disable=None: a bar on a terminal, nothing in logs and pipes (the eval lines still print).
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None, file=sys.stderr)
+
+
+def _header(cfg: SpeedrunConfig, plan: Plan, dataset: TokenDataset) -> str:
+    m, t = cfg.model, cfg.train
+    lines = [
+        f"marin-optim speedrun: {cfg.optimizer_name} on {m.preset} "
+        f"({m.num_parameters() / 1e6:.2f}M params: d={m.hidden_dim} ff={m.intermediate_dim} "
+        f"heads={m.num_heads}/{m.num_kv_heads} layers={m.num_layers})",
+        f"  data: {dataset.name}  train {len(dataset.train) / 1e6:.1f} MB  "
+        f"val {len(dataset.val) / 1e6:.2f} MB"
+        + (f"  entropy floor {dataset.loss_floor:.4f} nats" if dataset.loss_floor is not None else ""),
+        f"  {t.num_train_steps} steps x {t.batch_size} x {t.seq_len} bytes = "
+        f"{t.num_train_steps * t.tokens_per_step / 1e6:.2f}M tokens; grad_accum {t.grad_accum}",
+        f"  mesh: data={plan.mesh_shape[0]} model={plan.mesh_shape[1]} "
+        f"over {jax.process_count()} process(es), {jax.devices()[0].platform}; "
+        f"compute {jnp.dtype(plan.compute_dtype).name}, params/optimizer float32",
+        f"  run dir: {plan.run_dir}",
+    ]
+    return "\n".join(lines)
+
+
+def _summary(info: dict[str, Any], path: Path) -> str:
+    lines = [
+        f"done: eval_loss {info['eval_loss']:.4f} (bpb {info['eval_bpb']:.3f})"
+        + (f", initial {info['initial_eval_loss']:.4f}" if info["initial_eval_loss"] is not None else "")
+        + (
+            f", gap to floor {info['eval_gap_to_floor']:.4f}" if info["eval_gap_to_floor"] is not None else ""
+        ),
+        f"  final train loss {info['final_train_loss']:.4f}; training {info['training_time']:.1f}s "
+        f"({info['tokens_per_second']:,.0f} tokens/s), compile {info['compile_time']:.1f}s, "
+        f"wall {info['wall_time']:.1f}s",
+        f"  results: {path}",
+    ]
+    return "\n".join(lines)

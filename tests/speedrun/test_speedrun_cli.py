@@ -1,0 +1,167 @@
+"""Bad input fails before compilation with one line; compare; the experiment scripts."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import subprocess
+import sys
+
+import pytest
+from speedrun_helpers import REPO, TINY_ARGS, last_json_line, run_python, tiny_config
+
+from marin_optim import ConfigError
+from marin_optim.cli import main
+from marin_optim.speedrun import results as res
+from marin_optim.speedrun.cli import compare_main, speedrun_main, split_compare_argv
+from marin_optim.speedrun.compare import parse_optimizer_spec, run_compare, steps_to_target
+from marin_optim.speedrun.plots import Curve
+
+# name -> (extra argv, text the one-line error must contain). Run on 2 simulated devices.
+BAD_INPUTS = {
+    "missing data file": (
+        ["--data.files", "/nonexistent/corpus.txt"],
+        "data.files: '/nonexistent/corpus.txt'",
+    ),
+    "sequence longer than the context": (
+        ["--train.seq_len", "128", "--model.max_seq_len", "64"],
+        "train.seq_len=128: longer than the model's context model.max_seq_len=64",
+    ),
+    "batch not divisible by the data axis": (
+        ["--train.batch_size", "6", "--train.grad_accum", "2"],
+        "not divisible by the data axis (train.mesh.data=2)",
+    ),
+    "mesh larger than the device count": (["--train.mesh.data", "4"], "only 2 are available"),
+    "model axis larger than the device count": (["--train.mesh.model", "3"], "train.mesh.model=3"),
+    "tensor-parallel axis not divisible": (
+        ["--train.mesh.data", "1", "--train.mesh.model", "2", "--model.num_kv_heads", "1"],
+        "kv_heads size 1 is not divisible by the model mesh axis",
+    ),
+    "unknown optimizer": (
+        ["--optimizer.type", "adamz"],
+        "optimizer.type='adamz': not a registered optimizer",
+    ),
+    "unknown field": (["--train.batch", "8"], "did you mean 'batch_size'"),
+}
+
+
+def test_bad_input_fails_before_compiling_with_one_line(tmp_path):
+    cases = {
+        name: [*TINY_ARGS, "--output_dir", str(tmp_path / "x"), *argv]
+        for name, (argv, _) in BAD_INPUTS.items()
+    }
+    proc = run_python(
+        f"""
+        import contextlib, io, json
+        import marin_optim.speedrun.trainer as trainer
+
+        def reached_compilation(*args, **kwargs):
+            raise AssertionError("bad input reached compilation")
+
+        trainer.make_step_functions = reached_compilation
+        from marin_optim.speedrun.cli import speedrun_main
+        out = {{}}
+        for name, argv in {cases!r}.items():
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                rc = speedrun_main(argv)
+            out[name] = [rc, err.getvalue()]
+        print(json.dumps(out))
+        """,
+        devices=2,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = last_json_line(proc.stdout)
+    for name, (_, expected) in BAD_INPUTS.items():
+        rc, err = out[name]
+        assert rc == 2, (name, err)
+        assert err.endswith("\n") and err.count("\n") == 1, (name, err)
+        assert err.startswith("marin-optim speedrun: error: "), (name, err)
+        assert expected in err, (name, err)
+    assert not (tmp_path / "x").exists()  # nothing was written
+
+
+def test_top_level_cli_dispatches_speedrun_and_compare(capsys):
+    assert main(["speedrun", "--optimizer.type", "lino"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did you mean 'lion'" in err
+    assert main(["compare", "adamw", "lino"]) == 2
+    assert "did you mean 'lion'" in capsys.readouterr().err
+    assert speedrun_main(["--help"]) == 0
+    assert "train.batch_size" in capsys.readouterr().out
+
+
+def test_compare_argument_parsing():
+    specs, options, shared, rest = split_compare_argv(
+        ["adamw", "lion:learning_rate=3e-4,beta2=0.98", "--target_loss", "2.5", "--optimizer.warmup", "10",
+         "--train.num_train_steps", "50"]
+    )  # fmt: skip
+    assert specs == ["adamw", "lion:learning_rate=3e-4,beta2=0.98"]
+    assert options == {"target_loss": "2.5"} and shared == {"warmup": "10"}
+    assert rest == ["--train.num_train_steps", "50"]
+    label, cfg = parse_optimizer_spec(specs[1], {"warmup": 10})
+    assert label == "lion-learning_rate=3e-4-beta2=0.98"
+    assert (cfg.learning_rate, cfg.beta2, cfg.warmup) == (3e-4, 0.98, 10)
+    with pytest.raises(ConfigError, match="no field 'beta3'"):
+        parse_optimizer_spec("lion:beta3=0.9")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        parse_optimizer_spec("adamw:learning_rate=-1")
+    assert compare_main(["--train.num_train_steps", "5"]) == 2
+
+
+def test_steps_to_target_uses_the_smoothed_training_loss():
+    c = Curve(train_steps=[1, 2, 3, 4], train_loss=[4.0, 3.0, 1.0, 1.0])
+    # EMA (alpha 0.1, bias-corrected): 4.0, 3.47, 2.55, 2.09
+    assert steps_to_target(c, 2.6) == 3
+    assert steps_to_target(c, 1.0) is None
+
+
+@pytest.mark.slow
+def test_compare_runs_each_optimizer_and_writes_one_table_and_plot(tmp_path):
+    base = tiny_config(
+        tmp_path / "unused",
+        "--train.num_train_steps",
+        "4",
+        "--train.eval_sequences",
+        "8",
+        "--train.mesh.data",
+        "1",
+    )
+    optimizers = [parse_optimizer_spec("adamw"), parse_optimizer_spec("lion:learning_rate=1e-3")]
+    result = run_compare(base, optimizers, output_dir=tmp_path / "cmp", log=lambda _m: None)
+    assert [r.label for r in result.rows] == ["adamw", "lion-learning_rate=1e-3"]
+    assert all(r.steps_to_target is not None for r in result.rows)  # the default target is reached by all
+    for r in result.rows:
+        info = res.read_results(r.run_dir)
+        assert info["optimizer"] == r.optimizer and info["eval_loss"] == r.eval_loss
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| adamw |" in table and "| lion-learning_rate=1e-3 |" in table and "final eval loss" in table
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]) == 2
+
+
+def test_experiment_scripts_hold_their_configs():
+    adamw = runpy.run_path(str(REPO / "experiments/speedrun/adamw_baseline.py"), run_name="adamw_baseline")
+    lion = runpy.run_path(str(REPO / "experiments/speedrun/lion.py"), run_name="lion")
+    assert adamw["config"].optimizer_name == "adamw" and adamw["config"].optimizer.learning_rate == 3e-3
+    assert lion["config"].optimizer_name == "lion" and lion["config"].optimizer.learning_rate == 3e-4
+
+
+@pytest.mark.slow
+def test_user_defined_adamax_script_runs_with_overrides(tmp_path):
+    out = tmp_path / "adamax"
+    proc = subprocess.run(
+        [sys.executable, "experiments/speedrun/user_adamax.py", *TINY_ARGS, "--train.num_train_steps", "4",
+         "--train.mesh.data", "1", "--optimizer.beta2", "0.99", "--output_dir", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=REPO,
+        env={**__import__("os").environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = res.read_results(out)
+    assert info["optimizer"] == "adamax"
+    opt = info["config"]["optimizer"]
+    assert opt["type"] == "adamax" and opt["beta2"] == 0.99 and opt["learning_rate"] == 0.003
+    rows = [r for r in res.read_metrics(out / res.METRICS) if "loss" in r]
+    # The script's own build ran: it injects only the learning rate and uses optax's clip (no
+    # grad_norm), unlike marin_optim's adamax.
+    assert "learning_rate" in rows[-1] and "grad_norm" not in rows[-1] and "weight_decay" not in rows[-1]
