@@ -62,8 +62,16 @@ from marin_optim.transforms.clipping import global_norm
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NUM_TRAIN_STEPS = 10_000
 """Run length the schedules are built for (the step being timed is early in warmup/cosine)."""
-TORCH_NAMES = ("adam", "adamw", "adagrad", "sgd", "rmsprop")
-"""Registered names compared with torch.optim (when registered)."""
+TORCH_NAMES = {
+    "adam": "adamw",
+    "adamw": "adamw",
+    "adagrad": "adagrad",
+    "sgd": "sgd",
+    "rmsprop_plain": "rmsprop",
+}
+"""Registered names compared with torch.optim (when registered), and the torch algorithm.
+(``adam`` decouples its weight decay, so it is torch's AdamW; our ``rmsprop`` is a
+bias-corrected variant and ``rmsprop_plain`` is torch's RMSprop.)"""
 WARMUP_SECONDS = 0.3
 """Minimum warm-up time per row and round."""
 NOMINAL_BANDWIDTH_GBPS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100": 2039.0, "L4": 300.0}
@@ -509,7 +517,8 @@ class TorchContext:
     def _optimizer(self, name: str, cfg: OptimizerConfig, params: list[Any]) -> tuple[Any, str]:
         torch = self.torch
         lr = cfg.learning_rate
-        if name in ("adam", "adamw"):
+        name = TORCH_NAMES[name]
+        if name == "adamw":
             cls, kw = (
                 torch.optim.AdamW,
                 dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.epsilon, weight_decay=cfg.weight_decay),
@@ -520,18 +529,13 @@ class TorchContext:
                 dict(momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay),
             )
         elif name == "adagrad":
-            kw = {"eps": getattr(cfg, "epsilon", getattr(cfg, "eps", 1e-10))}
-            if hasattr(cfg, "initial_accumulator_value"):
-                kw["initial_accumulator_value"] = cfg.initial_accumulator_value
-            cls = torch.optim.Adagrad
+            cls, kw = torch.optim.Adagrad, {"eps": cfg.epsilon, "lr_decay": cfg.lr_decay}
+            kw["initial_accumulator_value"] = cfg.initial_accumulator_value
+            kw["weight_decay"] = cfg.weight_decay
         elif name == "rmsprop":
-            kw = {
-                "alpha": getattr(cfg, "decay", getattr(cfg, "alpha", 0.9)),
-                "eps": getattr(cfg, "epsilon", getattr(cfg, "eps", 1e-8)),
-                "momentum": getattr(cfg, "momentum", 0.0) or 0.0,
-                "centered": bool(getattr(cfg, "centered", False)),
-            }
             cls = torch.optim.RMSprop
+            kw = {"alpha": cfg.beta2, "eps": cfg.epsilon, "momentum": cfg.momentum, "centered": cfg.centered}
+            kw["weight_decay"] = cfg.weight_decay
         else:
             raise ValueError(f"no torch.optim counterpart for {name!r}")
         for impl in ("fused", "foreach"):
