@@ -13,16 +13,26 @@ Each row is compared, in the same run, with
 - ``torch.optim`` (fused, else foreach) for Adam/AdamW/Adagrad/SGD/RMSprop, with and without
   global-norm clipping and an LR schedule.
 
-Timing: ``--rounds`` rounds; in each, every row is set up afresh, warmed up, and timed
-``--reps`` times; a row's time is its best over all rounds, its spread the median of the
-per-round bests over that best. Rows are interleaved round by round, so ratios within one run
-are meaningful on a shared, noisy machine even when absolute times are not.
+Timing: ``--rounds`` rounds; in each, the rows of one optimizer (with the memory pass) are set
+up together, warmed up, and stepped in turn ``--reps`` times, in a fresh random order every
+rep. A row's time is its best step over all rounds, its spread the median of its per-round
+bests over that best. Interleaving makes ratios within one run meaningful on a shared, noisy
+machine even when absolute times are not.
+
+Columns: ``B/par`` is the traffic the algorithm needs per parameter (read p, g and the state,
+write p and the state, plus one read of g for the clip's norm), from which ``GB/s`` and
+``%mem`` (of the memory pass) follow; ``vs_optax``/``vs_torch`` are the reference's time over
+ours (above 1: we are faster); ``stB/p`` is optimizer-state bytes per parameter; ``peak MB``,
+``tempMB`` and ``copies`` come from XLA's compiled step (arguments + outputs - aliased + temp;
+temporary buffers; copies of parameter-sized buffers). On XLA:CPU a temporary buffer is
+allocated and page-faulted on every step, so ``tempMB`` above zero is expensive.
 
 Usage::
 
     python benchmarks/optimizer_step.py                      # ~50M params on CPU, 1B on GPU
     python benchmarks/optimizer_step.py --quick              # a few-second smoke run
     python benchmarks/optimizer_step.py --optimizers adamw --rounds 5 --out benchmarks/results/x.json
+    python benchmarks/optimizer_step.py --compile-only       # temp buffers and copies only, no timing
 
 The JSON written to ``--out`` (default ``benchmarks/results/optimizer_step-<device>-<time>.json``)
 holds every row plus the headline ratios, for tracking over time.
@@ -42,6 +52,7 @@ import gc
 import json
 import math
 import platform
+import random
 import re
 import statistics
 import sys
@@ -595,9 +606,10 @@ def run_rows(
 ) -> None:
     """Times every row; the rows of one optimizer (and the memory pass) step in turn.
 
-    Within a group, rows are set up together and stepped round-robin (A B C A B C ...), so a
-    burst of load from another process hits all of them alike; groups that would not fit in
-    60% of the free memory (``row_bytes`` each, against ``budget``) run one row at a time.
+    Within a group, rows are set up together and stepped in turn, in a new random order each
+    rep (A B C, C A B, ...), so a burst of load from another process hits all of them alike;
+    groups that would not fit in 60% of the free memory (``row_bytes`` each, against
+    ``budget``) run one row at a time.
     """
     if rounds == 0:  # --compile-only: set every JAX row up once (compiles it), time nothing
         for row in rows:
@@ -645,8 +657,11 @@ def _run_batch(rows: list[Row], reps: int, warmup: int, verbose: bool, label: st
                 alive.append((row, runner, []))
             except Exception as e:
                 _fail(row, e, verbose)
+        # A fresh order every rep: the row stepped right after another framework's (whose
+        # threads may still be spinning) would otherwise always be the same one.
+        order = random.Random(len(alive))
         for _ in range(reps):
-            for _row, runner, times in alive:
+            for _row, runner, times in order.sample(alive, len(alive)):
                 t0 = time.perf_counter()
                 runner.step()
                 times.append(time.perf_counter() - t0)

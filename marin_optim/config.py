@@ -449,7 +449,7 @@ class OptimizerConfig(draccus.ChoiceRegistry):
         tx = inject_hyperparams(make, schedules)
         if guarded and not self.skip_advances_schedule:
             tx = _hold_schedule_on_skip(tx)
-        return tx
+        return _own_state_buffers(tx)
 
     # -- parameter groups -------------------------------------------------------------------
 
@@ -729,6 +729,32 @@ def inject_hyperparams(
         [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in schedules]
     )
     return optax.inject_hyperparams(wrapped)(**schedules)
+
+
+def _own_state_buffers(
+    tx: optax.GradientTransformationExtraArgs,
+) -> optax.GradientTransformationExtraArgs:
+    """Gives every state leaf its own buffer at ``init``.
+
+    Optimizers that remember the initial parameters (Prodigy, DoG, COCOB, MADGRAD, ...) put
+    the very parameter arrays into their state, and ``zeros_like`` may hand two leaves one
+    buffer; a trainer that donates both params and state would then donate one buffer twice,
+    which XLA refuses. A leaf met a second time (or that is a parameter) is copied.
+    """
+
+    def init_fn(params):
+        state = tx.init(params)
+        seen = {id(x) for x in jax.tree.leaves(params)}
+
+        def own(x):
+            if isinstance(x, jax.Array) and id(x) in seen:
+                return jnp.copy(x)
+            seen.add(id(x))
+            return x
+
+        return jax.tree.map(own, state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, tx.update)
 
 
 def _hold_schedule_on_skip(
