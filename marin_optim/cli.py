@@ -1,4 +1,4 @@
-"""``marin-optim``: list, show, schedule, speedrun, compare.
+"""``marin-optim``: list, show, schedule, params, speedrun, compare.
 
 Every verb takes draccus-style input: ``--config_path file.yaml`` plus dotted overrides
 (``--optimizer.type lion --optimizer.beta2 0.98``). Bad input prints one line and exits 2.
@@ -402,12 +402,19 @@ def _compare(argv: Sequence[str]) -> int:
     return compare_main(list(argv))
 
 
+def _params(argv: Sequence[str]) -> int:
+    from marin_optim.speedrun.cli import params_main
+
+    return params_main(list(argv))
+
+
 VERBS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "speedrun": (_speedrun, "train the speedrun model with any optimizer (default: a 2-core CPU run)"),
     "compare": (_compare, "the same speedrun for several optimizers, one table and one plot"),
     "list": (cmd_list, "every optimizer and LR schedule with a one-line description"),
     "show": (cmd_show, "fields, types, defaults and docs of one optimizer or schedule"),
     "schedule": (cmd_schedule, "LR and weight decay at the key steps (--plot lr.png for the curve)"),
+    "params": (_params, "each model parameter's optimizer group, learning rate, weight decay, update rule"),
 }
 
 

@@ -67,3 +67,33 @@ def _collect(node: Any, prefix: str, out: dict[str, jax.Array]) -> None:
             _collect(child, prefix, out)
     elif hasattr(node, "inner_state"):  # optax wrapper states that are not tuples
         _collect(node.inner_state, prefix, out)
+
+
+def with_schedule_step(opt_state: Any, step: int | jax.Array) -> Any:
+    """``opt_state`` with its schedules moved to ``step`` (the injected step count and the counts
+    of the wrapped schedules), everything else unchanged.
+
+    For a run that resumes with a fresh optimizer state (a different optimizer, or
+    ``reset_optimizer_state``): the moments start from zero but the learning-rate schedule
+    continues where the checkpoint left it.
+    """
+    if isinstance(opt_state, _INJECT_STATES):
+        count = opt_state.count
+        changes: dict[str, Any] = {"count": jax.numpy.asarray(step, count.dtype)}
+        if hasattr(opt_state, "hyperparams_states"):  # optax >= 0.2.5: schedules keep a count
+            changes["hyperparams_states"] = {
+                name: _with_count(s, step) for name, s in opt_state.hyperparams_states.items()
+            }
+        return opt_state._replace(**changes)
+    if isinstance(opt_state, tuple) and not hasattr(opt_state, "_fields"):
+        return tuple(with_schedule_step(s, step) for s in opt_state)
+    raise ValueError(
+        f"with_schedule_step: expected an inject_hyperparams state, got {type(opt_state).__name__}"
+    )
+
+
+def _with_count(schedule_state: Any, step: int | jax.Array) -> Any:
+    count = getattr(schedule_state, "count", None)
+    if count is None or not hasattr(schedule_state, "_replace"):
+        return schedule_state
+    return schedule_state._replace(count=jax.numpy.asarray(step, jax.numpy.asarray(count).dtype))

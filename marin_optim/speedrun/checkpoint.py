@@ -67,7 +67,12 @@ class Checkpointer:
             # before the next step runs; a small model's save takes well under a second.
             enable_async_checkpointing=False,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            # Declared up front so that metadata can be read before anything is restored.
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -88,18 +93,37 @@ class Checkpointer:
         )
         self.manager.wait_until_finished()
 
-    def restore(self, step: int, params_template: Any, opt_template: Any) -> tuple[Any, Any, dict[str, Any]]:
-        """Arrays come back with the template's shapes, dtypes and shardings."""
+    def saved_arrays(self, step: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """``{dotted path: (shape, dtype name)}`` of every array saved at ``step`` (reads metadata only)."""
+        tree = self.manager.item_metadata(step)["state"]
+        tree = getattr(tree, "tree", tree)
+        return {name: (tuple(m.shape), str(m.dtype)) for name, m in tree.items()}
+
+    def restore(
+        self, step: int, params_template: Any, opt_template: Any | None
+    ) -> tuple[Any, Any, dict[str, Any]]:
+        """Arrays come back with the template's shapes, dtypes and shardings.
+
+        With ``opt_template=None`` only the parameters come back (the optimizer state is read
+        into a replicated buffer and dropped: orbax restores a saved tree whole) and the
+        returned optimizer state is ``None``.
+        """
         template = {"params": params_template, "opt_state": opt_template}
         abstract = {
             name: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
             for name, x in flatten_state(template).items()
         }
+        if opt_template is None:
+            first = next(iter(abstract.values()))
+            spare = jax.sharding.NamedSharding(first.sharding.mesh, jax.sharding.PartitionSpec())
+            for name, (shape, dtype) in self.saved_arrays(step).items():
+                abstract.setdefault(name, jax.ShapeDtypeStruct(shape, dtype, sharding=spare))
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
         )
-        tree = unflatten_state(template, restored["state"])
+        state = restored["state"]
+        tree = unflatten_state(template, {name: state[name] for name in flatten_state(template)})
         return tree["params"], tree["opt_state"], dict(restored["meta"])
 
     def close(self) -> None:

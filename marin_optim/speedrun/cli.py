@@ -7,7 +7,7 @@ Both take ``--config_path file.yaml`` and dotted overrides (``--train.num_train_
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from marin_optim.errors import ConfigError
 
@@ -53,23 +53,58 @@ def _print_help(verb: str) -> None:
         pass
 
 
+def _guarded(verb: str, body: Callable[[], object]) -> int:
+    """Runs ``body`` with the CLI's error contract: bad input -> one line and 2; a run stopped by
+    its non-finite guard -> one line and 1; Ctrl-C -> 130."""
+    from marin_optim.transforms.guards import NonFiniteError
+
+    try:
+        body()
+    except ConfigError as e:
+        print(f"{PROG} {verb}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except NonFiniteError as e:
+        print(f"{PROG} {verb}: stopped: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        hint = " (resume with --resume true)" if verb == "speedrun" else ""
+        print(f"{PROG} {verb}: interrupted{hint}", file=sys.stderr)
+        return 130
+    return 0
+
+
 def speedrun_main(argv: list[str]) -> int:
     """``marin-optim speedrun [--config_path f.yaml] [--a.b value ...]``."""
     if _wants_help(argv):
         _print_help("speedrun")
         return 0
-    try:
+
+    def body() -> None:
         from marin_optim.speedrun.trainer import run_speedrun
 
+        run_speedrun(_parse(argv))
+
+    return _guarded("speedrun", body)
+
+
+def params_main(argv: list[str]) -> int:
+    """``marin-optim params [speedrun options]``: what the optimizer does to each model parameter."""
+    if _wants_help(argv):
+        print(
+            f"usage: {PROG} params [--config_path f.yaml] [speedrun options]\n\n"
+            "Prints every parameter of the speedrun model with its optimizer group, learning rate\n"
+            "and weight decay (and, for matrix-aware optimizers, its update rule); nothing is trained.\n"
+        )
+        return 0
+
+    def body() -> None:
+        from marin_optim.speedrun.trainer import abstract_params
+
         cfg = _parse(argv)
-        run_speedrun(cfg)
-    except ConfigError as e:
-        print(f"{PROG} speedrun: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG} speedrun: interrupted (resume with --resume true)", file=sys.stderr)
-        return 130
-    return 0
+        print(f"{cfg.optimizer_name} on model {cfg.model.preset}:")
+        print(cfg.optimizer.param_table(abstract_params(cfg.model)))
+
+    return _guarded("params", body)
 
 
 def run_script(config, argv: Sequence[str] | None = None) -> int:
@@ -86,9 +121,11 @@ def run_script(config, argv: Sequence[str] | None = None) -> int:
     if _wants_help(argv):
         _print_help("speedrun")
         return 0
-    try:
+
+    def body() -> None:
         from marin_optim.speedrun.trainer import run_speedrun
 
+        cfg = config
         if argv:
             if any(a.startswith("--config_path") for a in argv):
                 raise ConfigError(
@@ -98,17 +135,12 @@ def run_script(config, argv: Sequence[str] | None = None) -> int:
             try:
                 with os.fdopen(fd, "w") as f:
                     f.write(config.to_yaml())
-                config = _parse(["--config_path", path, *argv])
+                cfg = _parse(["--config_path", path, *argv])
             finally:
                 os.unlink(path)
-        run_speedrun(config)
-    except ConfigError as e:
-        print(f"{PROG} speedrun: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG} speedrun: interrupted (resume with --resume true)", file=sys.stderr)
-        return 130
-    return 0
+        run_speedrun(cfg)
+
+    return _guarded("speedrun", body)
 
 
 def split_compare_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str], dict[str, str], list[str]]:
@@ -153,7 +185,8 @@ def compare_main(argv: list[str]) -> int:
     if _wants_help(argv):
         _print_help("compare")
         return 0
-    try:
+
+    def body() -> None:
         import yaml
 
         from marin_optim.speedrun.compare import DEFAULT_OUTPUT_DIR, parse_optimizer_spec, run_compare
@@ -173,10 +206,5 @@ def compare_main(argv: list[str]) -> int:
         run_compare(
             base, optimizers, output_dir=options.get("output_dir", DEFAULT_OUTPUT_DIR), target_loss=target
         )
-    except ConfigError as e:
-        print(f"{PROG} compare: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG} compare: interrupted", file=sys.stderr)
-        return 130
-    return 0
+
+    return _guarded("compare", body)

@@ -42,6 +42,8 @@ class CompareRow:
     wall_time: float
     tokens_per_second: float | None
     run_dir: str
+    stopped: str | None = None
+    """Why the run stopped early (its non-finite guard), or None if it finished."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ def run_compare(
 ) -> CompareResult:
     """Runs ``base`` once per ``(label, optimizer)`` and writes the table and the plot."""
     from marin_optim.speedrun.trainer import run_speedrun
+    from marin_optim.transforms.guards import NonFiniteError
 
     if not optimizers:
         raise ConfigError("compare: name at least one optimizer, e.g. `marin-optim compare adamw lion`")
@@ -105,15 +108,22 @@ def run_compare(
     configs = [
         (label, base.replace(optimizer=opt, output_dir=str(root / label))) for label, opt in optimizers
     ]
-    infos, curves = {}, {}
+    infos, curves, stopped = {}, {}, {}
     for label, cfg in configs:
         log(f"\n=== compare: {label} ===")
-        result = run_speedrun(cfg)
+        try:
+            result = run_speedrun(cfg)
+        except NonFiniteError as e:  # one optimizer diverging does not end the comparison
+            log(f"compare: {label} stopped: {e}")
+            stopped[label] = (cfg.optimizer_name, str(e).split(";")[0])
+            curves[label] = Curve.from_rows(res.read_metrics(Path(cfg.run_dir) / res.PARTIAL_METRICS))
+            continue
         infos[label] = result.run_info
         curves[label] = Curve.from_rows(res.read_metrics(result.run_dir / res.METRICS))
 
     if target_loss is None:
-        target_loss = max(float(min(smooth(c.train_loss))) for c in curves.values() if c.train_loss)
+        finished = [curves[label] for label in infos if curves[label].train_loss]
+        target_loss = max((float(min(smooth(c.train_loss))) for c in finished), default=math.nan)
     rows = [
         CompareRow(
             label=label,
@@ -128,8 +138,23 @@ def run_compare(
         )
         for label, info in infos.items()
     ]
+    rows += [
+        CompareRow(
+            label=label,
+            optimizer=name,
+            eval_loss=math.nan,
+            eval_bpb=math.nan,
+            steps_to_target=None,
+            training_time=math.nan,
+            wall_time=math.nan,
+            tokens_per_second=None,
+            run_dir=str(root / label),
+            stopped=reason,
+        )
+        for label, (name, reason) in stopped.items()
+    ]
     table = format_table(rows, target_loss, base.train.num_train_steps)
-    floor = next(iter(infos.values())).get("loss_floor")
+    floor = next(iter(infos.values()), {}).get("loss_floor")
     plot_curves(
         root / "compare.png",
         curves,
@@ -154,6 +179,9 @@ def format_table(rows: Sequence[CompareRow], target: float, num_steps: int) -> s
     )
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (math.isnan(r.eval_loss), r.eval_loss)):
+        if r.stopped is not None:
+            lines.append(f"| {r.label} | stopped: {r.stopped} | - | - | - | - | - |")
+            continue
         reached = f"{r.steps_to_target}" if r.steps_to_target is not None else f"not in {num_steps}"
         tps = f"{r.tokens_per_second:,.0f}" if r.tokens_per_second else "-"
         lines.append(

@@ -149,7 +149,15 @@ class SpeedrunConfig:
     resume: bool = False
     """Continue from the latest checkpoint in output_dir."""
     allow_config_change: bool = False
-    """On resume, accept a config that differs from the checkpoint's (the differences are printed)."""
+    """On resume, accept a model/data/train config that differs from the checkpoint's (the
+    differences are printed). The optimizer follows optimizer_resume instead."""
+    optimizer_resume: Literal["strict", "override", "checkpoint"] = "strict"
+    """On resume, whose optimizer values win: strict = they must equal the checkpoint's (else the
+    differing fields are listed), override = this config's, checkpoint = the checkpoint's
+    (except the optimizer's fixed_fields). The step count always comes from the checkpoint."""
+    reset_optimizer_state: bool = False
+    """On resume, keep the parameters but start the optimizer state afresh (required to switch
+    optimizer type); the LR schedule continues at the checkpoint's step."""
     overwrite: bool = False
     """Start over even if output_dir holds an unfinished run's checkpoints."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
@@ -162,6 +170,11 @@ class SpeedrunConfig:
             )
         if self.resume and self.overwrite:
             raise ConfigError("resume=true and overwrite=true: choose one")
+        if self.optimizer_resume not in ("strict", "override", "checkpoint"):
+            raise ConfigError(
+                f"optimizer_resume={self.optimizer_resume!r}: "
+                "must be one of 'strict', 'override', 'checkpoint'"
+            )
 
     @property
     def optimizer_name(self) -> str:
@@ -214,6 +227,8 @@ class SpeedrunConfig:
 RUN_CONTROL_FIELDS = (
     "resume",
     "allow_config_change",
+    "optimizer_resume",
+    "reset_optimizer_state",
     "overwrite",
     "output_dir",
     "distributed",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import math
 import platform
 import shutil
@@ -38,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from marin_optim.config import OptimizerConfig, resolve_resume
+from marin_optim.config import config_differences as optimizer_differences
 from marin_optim.errors import ConfigError
 from marin_optim.speedrun import results as res
 from marin_optim.speedrun.checkpoint import Checkpointer
@@ -52,10 +55,16 @@ from marin_optim.speedrun.mesh import (
 )
 from marin_optim.speedrun.model import VOCAB_SIZE, Transformer, cast_floating, next_token_loss
 from marin_optim.speedrun.plots import Curve, plot_curves
-from marin_optim.state import hyperparams
+from marin_optim.state import hyperparams, with_schedule_step
+from marin_optim.transforms.guards import check_nonfinite_run
 
 Hook = Callable[[int], None]
 """Called with the step number after each step's logging, evaluation and checkpoint."""
+
+Perturb = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
+"""``perturb(step, loss, grads) -> (loss, grads)``, traced into the train step between the
+gradient and the optimizer update (fault-injection tests: a NaN gradient or a loss spike at a
+given step)."""
 
 
 @dataclass
@@ -78,6 +87,10 @@ class Plan:
     run_dir: Path
     resume_step: int | None
     resume_meta: dict[str, Any] | None
+    optimizer: OptimizerConfig
+    """The optimizer the run uses: the config's, or on resume what ``optimizer_resume`` resolved."""
+    reset_optimizer_state: bool = False
+    """Resume with the checkpoint's parameters and a fresh optimizer state."""
 
 
 # ---- setup ------------------------------------------------------------------------------
@@ -131,20 +144,17 @@ def preflight(cfg: SpeedrunConfig) -> Plan:
     ckpt_dir = run_dir / res.CHECKPOINTS
     latest = _latest_checkpoint(ckpt_dir)
     resume_step, resume_meta = None, None
+    optimizer, reset = cfg.optimizer, False
     if cfg.resume and latest is not None:
         ckpt = Checkpointer(ckpt_dir, keep=t.checkpoints_to_keep)
         try:
             resume_meta = ckpt.read_meta(latest)
+            saved_arrays = ckpt.saved_arrays(latest)
         finally:
             ckpt.close()
         resume_step = latest
-        diffs = config_differences(resume_meta.get("config", {}), cfg.to_dict())
-        if diffs and not cfg.allow_config_change:
-            raise ConfigError(
-                f"resume: the config differs from the checkpoint at step {latest} in {len(diffs)} field(s): "
-                + "; ".join(diffs)
-                + " (pass --allow_config_change true to continue anyway)"
-            )
+        optimizer, reset = resolve_resumed_optimizer(cfg, resume_meta.get("config", {}), latest)
+        check_state_fits(cfg.model, None if reset else optimizer, t.num_train_steps, saved_arrays, latest)
     elif not cfg.resume and latest is not None and not cfg.overwrite:
         unfinished = (run_dir / res.PARTIAL_METRICS).exists() or not (run_dir / res.RESULTS).exists()
         if unfinished:
@@ -159,7 +169,89 @@ def preflight(cfg: SpeedrunConfig) -> Plan:
         run_dir=run_dir,
         resume_step=resume_step,
         resume_meta=resume_meta,
+        optimizer=optimizer,
+        reset_optimizer_state=reset,
     )
+
+
+def resolve_resumed_optimizer(
+    cfg: SpeedrunConfig, saved: dict[str, Any], step: int
+) -> tuple[OptimizerConfig, bool]:
+    """The optimizer a resumed run uses and whether its state starts afresh (Megatron/OLMo-core rules).
+
+    Fails with one line listing every differing field: model, data and train fields unless
+    ``allow_config_change``; optimizer fields unless ``optimizer_resume`` says whose values win.
+    """
+    problems = []
+    diffs = [d for d in config_differences(saved, cfg.to_dict()) if not d.startswith("optimizer.")]
+    if diffs and not cfg.allow_config_change:
+        listed = "; ".join(diffs)
+        problems.append(f"{len(diffs)} field(s) differ: {listed} (pass --allow_config_change true to accept)")
+    try:
+        saved_optimizer = OptimizerConfig.from_dict(saved.get("optimizer") or {})
+    except ConfigError as e:
+        raise ConfigError(f"resume: the checkpoint's optimizer config cannot be loaded: {e}") from None
+    optimizer, reset = cfg.optimizer, cfg.reset_optimizer_state
+    same_type = type(saved_optimizer) is type(cfg.optimizer)
+    if same_type and cfg.optimizer_resume == "strict" and not reset:
+        opt_diffs = optimizer_differences(saved_optimizer, cfg.optimizer)
+        if opt_diffs:
+            listed = "; ".join(f"optimizer.{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(opt_diffs.items()))
+            problems.append(
+                f"the optimizer differs: {listed} (pass --optimizer_resume override to use these "
+                "values, or checkpoint to keep the checkpoint's)"
+            )
+    else:
+        try:
+            optimizer, reset = resolve_resume(
+                saved_optimizer, cfg.optimizer, cfg.optimizer_resume, cfg.reset_optimizer_state
+            )
+        except ConfigError as e:
+            problems.append(str(e).replace("reset_optimizer_state=true", "--reset_optimizer_state true"))
+    if problems:
+        raise ConfigError(f"resume from the checkpoint at step {step}: " + "; ".join(problems))
+    return optimizer, reset
+
+
+def check_state_fits(
+    model: Any,
+    optimizer: OptimizerConfig | None,
+    num_train_steps: int,
+    saved_arrays: dict[str, tuple[tuple[int, ...], str]],
+    step: int,
+) -> None:
+    """Fails (one line, before compiling) if the checkpoint's arrays do not match what this
+    model and optimizer hold, e.g. after turning on ``skip_bad_steps`` or adding a group.
+    ``optimizer=None``: only the parameters are restored, so only they are compared."""
+    from marin_optim.speedrun.checkpoint import flatten_state
+
+    params = abstract_params(model)
+    opt_state = None if optimizer is None else jax.eval_shape(optimizer.build(num_train_steps).init, params)
+    wanted = {
+        name: (tuple(x.shape), jnp.dtype(x.dtype).name)
+        for name, x in flatten_state({"params": params, "opt_state": opt_state}).items()
+    }
+    if optimizer is None:
+        saved_arrays = {k: v for k, v in saved_arrays.items() if k.startswith("params.")}
+    if wanted == saved_arrays:
+        return
+    missing = sorted(set(wanted) - set(saved_arrays))
+    extra = sorted(set(saved_arrays) - set(wanted))
+    changed = sorted(k for k in set(wanted) & set(saved_arrays) if wanted[k] != saved_arrays[k])
+    parts = []
+    for label, names in (("not in the checkpoint", missing), ("only in it", extra), ("reshaped", changed)):
+        if names:
+            more = f" (+{len(names) - 4} more)" if len(names) > 4 else ""
+            parts.append(f"{label}: {', '.join(names[:4])}{more}")
+    raise ConfigError(
+        f"resume from the checkpoint at step {step}: the saved state does not fit this model and "
+        f"optimizer ({'; '.join(parts)}); pass --reset_optimizer_state true to keep only the parameters"
+    )
+
+
+def abstract_params(model: Any) -> Transformer:
+    """The model's parameters as shapes and dtypes (nothing is allocated or compiled)."""
+    return jax.eval_shape(lambda key: Transformer.init(model, key=key), jax.random.PRNGKey(0))
 
 
 def _latest_checkpoint(ckpt_dir: Path) -> int | None:
@@ -191,9 +283,17 @@ def eval_plan(cfg: SpeedrunConfig, dataset: TokenDataset) -> np.ndarray:
 
 
 def make_step_functions(
-    cfg: SpeedrunConfig, tx: optax.GradientTransformation, compute_dtype: Any, mesh: jax.sharding.Mesh
+    cfg: SpeedrunConfig,
+    tx: optax.GradientTransformation,
+    compute_dtype: Any,
+    mesh: jax.sharding.Mesh,
+    perturb: Perturb | None = None,
 ) -> tuple[Callable, Callable, Callable, Any, Any]:
-    """``(init, train_step, eval_loss, param_shardings, opt_shardings)``, jitted with shardings."""
+    """``(init, train_step, eval_loss, param_shardings, opt_shardings)``, jitted with shardings.
+
+    ``train_step(params, opt_state, batch, step)`` donates params and state; ``step`` (an int32
+    scalar) only matters to ``perturb``.
+    """
     t, m = cfg.train, cfg.model
     param_mapping = t.mesh.parameter_mapping()
     compute_mapping = t.mesh.compute_mapping()
@@ -214,7 +314,7 @@ def make_step_functions(
 
     grad_fn = jax.value_and_grad(micro_loss)
 
-    def train_step(params: Transformer, opt_state: Any, batch: jax.Array):
+    def train_step(params: Transformer, opt_state: Any, batch: jax.Array, step: jax.Array):
         tokens = batch.astype(jnp.int32)
         inputs, targets = tokens[..., :-1], tokens[..., 1:]
         if t.grad_accum == 1:
@@ -232,6 +332,8 @@ def make_step_functions(
             )
             loss = loss / t.grad_accum
             grads = jax.tree.map(lambda g: g / t.grad_accum, grads)
+        if perturb is not None:
+            loss, grads = perturb(step, loss, grads)
         grads = hax.shard(grads, param_mapping)
 
         def obj_fn(p: Transformer) -> jax.Array:
@@ -252,7 +354,7 @@ def make_step_functions(
     init = jax.jit(init_params, out_shardings=param_sh)
     step = jax.jit(
         train_step,
-        in_shardings=(param_sh, opt_sh, batch_sh),
+        in_shardings=(param_sh, opt_sh, batch_sh, rep),
         out_shardings=(param_sh, opt_sh, rep),
         donate_argnums=(0, 1),
     )
@@ -279,14 +381,18 @@ def run_speedrun(
     hooks: Sequence[Hook] = (),
     log: Callable[[str], None] | None = None,
     keep_state: bool = False,
+    perturb: Perturb | None = None,
 ) -> SpeedrunResult:
     """Runs (or resumes) the speedrun described by ``cfg`` and returns its results.
 
     ``hooks`` are called with each finished step (tests use them to kill a run). ``keep_state``
-    returns the final parameters and optimizer state in the result.
+    returns the final parameters and optimizer state in the result. ``perturb`` changes the loss
+    and gradients inside the step (fault injection). Raises :class:`NonFiniteError` after
+    ``optimizer.max_nonfinite_steps`` non-finite steps in a row; nothing is published then.
     """
     initialize_distributed(cfg)
     plan = preflight(cfg)
+    cfg = cfg.replace(optimizer=plan.optimizer)  # on resume: what optimizer_resume resolved
     is_main = jax.process_index() == 0
     say = (log or _print) if is_main else (lambda _msg: None)
     t = cfg.train
@@ -319,10 +425,14 @@ def run_speedrun(
 
     say(_header(cfg, plan, dataset))
     say("resolved config:\n" + _indent(cfg.to_yaml()))
+    table = cfg.optimizer.param_table(abstract_params(cfg.model))
+    say("parameters (optimizer groups, weight decay):\n" + _indent(table))
 
     mesh = make_mesh(t.mesh)
     with hax.partitioning.set_mesh(mesh):
-        return _train(cfg, plan, dataset, sampler, eval_tokens, tx, mesh, hooks, say, is_main, keep_state)
+        return _train(
+            cfg, plan, dataset, sampler, eval_tokens, tx, mesh, hooks, say, is_main, keep_state, perturb
+        )
 
 
 def _train(
@@ -337,11 +447,12 @@ def _train(
     say: Callable[[str], None],
     is_main: bool,
     keep_state: bool,
+    perturb: Perturb | None,
 ) -> SpeedrunResult:
     t = cfg.train
     run_dir = plan.run_dir
     wall_start = time.perf_counter()
-    init, step_fn, eval_fn, param_sh, opt_sh = make_step_functions(cfg, tx, plan.compute_dtype, mesh)
+    init, step_fn, eval_fn, param_sh, opt_sh = make_step_functions(cfg, tx, plan.compute_dtype, mesh, perturb)
     batch_sh = batch_sharding(mesh)
 
     ckpt_dir = run_dir / res.CHECKPOINTS
@@ -357,11 +468,22 @@ def _train(
     opt_state = jax.jit(tx.init, in_shardings=(param_sh,), out_shardings=opt_sh)(params)
     start_step, consumed, train_time = 0, 0, 0.0
     if plan.resume_step is not None:
-        params, opt_state, meta = checkpointer.restore(plan.resume_step, params, opt_state)
+        if plan.reset_optimizer_state:
+            params, _, meta = checkpointer.restore(plan.resume_step, params, None)
+        else:
+            params, opt_state, meta = checkpointer.restore(plan.resume_step, params, opt_state)
         start_step = int(meta["step"])
         consumed = int(meta["sequences_consumed"])
         train_time = float(meta["training_time"])
-        say(f"resumed from {ckpt_dir} at step {start_step} ({consumed} sequences consumed)")
+        if plan.reset_optimizer_state:  # fresh moments, but the schedule continues at the checkpoint's step
+            opt_state = jax.jit(
+                functools.partial(with_schedule_step, step=start_step), donate_argnums=0, out_shardings=opt_sh
+            )(opt_state)
+        say(
+            f"resumed from {ckpt_dir} at step {start_step} ({consumed} sequences consumed)"
+            + (", optimizer state reset" if plan.reset_optimizer_state else "")
+            + (f", optimizer values from {cfg.optimizer_resume}" if cfg.optimizer_resume != "strict" else "")
+        )
     elif cfg.resume:
         say(f"resume: no checkpoint in {ckpt_dir}; starting from step 0")
 
@@ -397,7 +519,8 @@ def _train(
 
     compile_start = time.perf_counter()
     first_batch = global_batch(sampler.sequences(consumed, t.batch_size), t.grad_accum, batch_sh)
-    compiled = step_fn.lower(params, opt_state, first_batch).compile()
+    step_index = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh))
+    compiled = step_fn.lower(params, opt_state, first_batch, step_index).compile()
     compile_time = time.perf_counter() - compile_start
     say(f"compiled the train step in {compile_time:.1f}s")
 
@@ -421,6 +544,13 @@ def _train(
         pending = None
         values = {k: _scalar(v) for k, v in jax.device_get(values).items()}
         last_loss = values["loss"]
+        if "skip/consecutive_nonfinite" in values:
+            # The guard already turned these steps into no-ops; stop before wasting more.
+            check_nonfinite_run(
+                values["skip/consecutive_nonfinite"],
+                values["skip/nonfinite_steps"],
+                cfg.optimizer.max_nonfinite_steps,
+            )
         now = time.perf_counter()
         window.append((now, tokens_done_here))
         del window[:-20]
@@ -456,7 +586,7 @@ def _train(
 
     try:
         for step in range(start_step + 1, t.num_train_steps + 1):
-            params, opt_state, step_metrics = compiled(params, opt_state, batch)
+            params, opt_state, step_metrics = compiled(params, opt_state, batch, _step_array(step, mesh))
             consumed += t.batch_size
             tokens_done_here += t.tokens_per_step
             drain()
@@ -604,6 +734,10 @@ def _eval_params(opt_state: Any, params: Any) -> Any:
     except ImportError:  # pragma: no cover - the module ships with marin_optim
         return params
     return eval_params(opt_state, params)
+
+
+def _step_array(step: int, mesh: jax.sharding.Mesh) -> jax.Array:
+    return jax.device_put(np.int32(step), replicated(mesh))
 
 
 def _data_seed(cfg: SpeedrunConfig) -> int:

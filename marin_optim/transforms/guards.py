@@ -180,13 +180,17 @@ def raise_if_diverged(opt_state: Any, max_consecutive: int) -> None:
     Reads one device scalar: call it where the trainer already syncs (e.g. when it logs).
     """
     guard = find_guard_state(opt_state)
-    if guard is None or max_consecutive <= 0:
-        return
-    run = int(guard.consecutive_nonfinite)
-    if run >= max_consecutive:
+    if guard is not None:
+        check_nonfinite_run(int(guard.consecutive_nonfinite), int(guard.nonfinite_steps), max_consecutive)
+
+
+def check_nonfinite_run(consecutive: int, total: int, max_consecutive: int) -> None:
+    """:func:`raise_if_diverged` on logged values (``skip/consecutive_nonfinite`` and
+    ``skip/nonfinite_steps`` of ``hyperparams(state)``), for trainers that already read them."""
+    if max_consecutive > 0 and consecutive >= max_consecutive:
         raise NonFiniteError(
-            f"{run} consecutive steps had a NaN/inf loss or gradient (limit "
+            f"{consecutive} consecutive steps had a NaN/inf loss or gradient (limit "
             f"max_nonfinite_steps={max_consecutive}); stopping before weights are corrupted. "
-            f"{int(guard.nonfinite_steps)} non-finite steps so far. Lower the learning rate, "
+            f"{total} non-finite steps so far. Lower the learning rate, "
             "check the data, or raise max_nonfinite_steps."
         )

@@ -165,3 +165,27 @@ def test_user_defined_adamax_script_runs_with_overrides(tmp_path):
     # The script's own build ran: it injects only the learning rate and uses optax's clip (no
     # grad_norm), unlike marin_optim's adamax.
     assert "learning_rate" in rows[-1] and "grad_norm" not in rows[-1] and "weight_decay" not in rows[-1]
+
+
+def test_params_prints_groups_weight_decay_and_update_rules(capsys):
+    """`marin-optim params`: the weight-decay mask and groups resolved on the speedrun model."""
+    rc = main(
+        ["params", *TINY_ARGS, "--optimizer.weight_decay", "0.1",
+         "--optimizer.group_overrides", '[{params: ["lm_head*"], lr_multiplier: 0.5, name: head}]']
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:] if line and "." in line.split()[0]}
+    # Levanter's default mask: matrices decay, embeddings and norms do not.
+    assert rows["layers.stacked.attn.q_proj.weight"][2:] == ["default", "0.003", "0.1"]
+    assert rows["embed.weight"][-1] == "-" and rows["final_norm.weight"][-1] == "-"
+    assert rows["lm_head.weight"][2:] == ["head", "0.0015", "0.1"]
+    assert "groups: default, head" in out
+
+    rc = main(["params", *TINY_ARGS, "--optimizer.type", "muon"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "matrix -> muon" in out and "embedding -> adam" in out
+
+    rc = main(["params", *TINY_ARGS, "--optimizer.group_overrides", '[{params: ["nothing*"]}]'])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "nothing*" in err

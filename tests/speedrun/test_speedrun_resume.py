@@ -110,3 +110,132 @@ def test_a_failed_run_never_overwrites_a_finished_runs_results(finished, tmp_pat
         )
     for name, data in before.items():
         assert (run_dir / name).read_bytes() == data, name
+
+
+@pytest.mark.slow
+def test_kill_during_a_checkpoint_write_leaves_the_previous_one_and_resume_works(finished, tmp_path, capsys):
+    run_dir = tmp_path / "killed_mid_write"
+    # SIGKILL inside orbax's write of the step-8 checkpoint, after its directory is created.
+    killed = run_python(
+        f"""
+        import os, signal, sys
+        import orbax.checkpoint as ocp
+        sys.path.insert(0, {str(REPO / "tests" / "speedrun")!r})
+        from speedrun_helpers import tiny_config
+        from marin_optim.speedrun import run_speedrun
+        from marin_optim.speedrun.checkpoint import Checkpointer
+
+        real_save = Checkpointer.save
+        def save(self, step, *args):
+            if step == 8:
+                def die(*a, **k):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                ocp.JsonCheckpointHandler.save = ocp.JsonCheckpointHandler.async_save = die
+            return real_save(self, step, *args)
+        Checkpointer.save = save
+        run_speedrun(tiny_config({str(run_dir)!r}, *{ONE_DEVICE!r}))
+        """
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    entries = sorted(p.name for p in (run_dir / res.CHECKPOINTS).iterdir())
+    assert [n for n in entries if n.isdigit()] == ["4"], entries
+    assert any(n.startswith("8") and not n.isdigit() for n in entries), entries  # the unfinished write
+    assert not (run_dir / res.RESULTS).exists()
+
+    rc, out, err = cli(capsys, *TINY_ARGS, *ONE_DEVICE, "--output_dir", str(run_dir), "--resume", "true")
+    assert rc == 0, err
+    assert "at step 4" in out
+    a, b = load_params(finished / res.CHECKPOINTS, 12), load_params(run_dir / res.CHECKPOINTS, 12)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def stopped_at_4(tmp_path_factory):
+    """A tiny run stopped after step 6; its last checkpoint is step 4."""
+    run_dir = tmp_path_factory.mktemp("speedrun") / "stopped"
+
+    def stop(step: int) -> None:
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_speedrun(tiny_config(run_dir, *ONE_DEVICE), hooks=[stop], log=lambda _m: None)
+    return run_dir
+
+
+def resume(capsys, stopped_at_4, tmp_path, *argv: str) -> tuple[int, str, str, object]:
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(stopped_at_4, run_dir)
+    rc, out, err = cli(
+        capsys, *TINY_ARGS, *ONE_DEVICE, "--output_dir", str(run_dir), "--resume", "true", *argv
+    )
+    return rc, out, err, run_dir
+
+
+def lr_at(run_dir, step: int) -> float:
+    return next(r["learning_rate"] for r in res.read_metrics(run_dir / res.METRICS) if r.get("step") == step)
+
+
+@pytest.mark.slow
+def test_optimizer_resume_override_takes_the_configs_values(stopped_at_4, finished, tmp_path, capsys):
+    rc, out, err, run_dir = resume(capsys, stopped_at_4, tmp_path, "--optimizer.learning_rate", "0.001",
+                                   "--optimizer_resume", "override")  # fmt: skip
+    assert rc == 0, err
+    assert "optimizer values from override" in out
+    assert res.read_results(run_dir)["config"]["optimizer"]["learning_rate"] == 0.001
+    # The schedule continues from the checkpoint's step with the new peak: a third of the old LR.
+    assert lr_at(run_dir, 5) == pytest.approx(lr_at(finished, 5) / 3, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_optimizer_resume_checkpoint_keeps_the_checkpoints_values_except_fixed_fields(
+    stopped_at_4, finished, tmp_path, capsys
+):
+    rc, _, err, run_dir = resume(
+        capsys, stopped_at_4, tmp_path, "--optimizer.learning_rate", "0.001", "--optimizer.beta2", "0.99",
+        "--optimizer.fixed_fields", "[beta2]", "--optimizer_resume", "checkpoint",
+    )  # fmt: skip
+    assert rc == 0, err
+    optimizer = res.read_results(run_dir)["config"]["optimizer"]
+    assert optimizer["learning_rate"] == 0.003  # the checkpoint's
+    assert optimizer["beta2"] == 0.99  # fixed: never taken from a checkpoint
+    assert lr_at(run_dir, 5) == pytest.approx(lr_at(finished, 5), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_different_optimizer_needs_reset_optimizer_state(stopped_at_4, finished, tmp_path, capsys):
+    rc, _, err, _ = resume(capsys, stopped_at_4, tmp_path, "--optimizer.type", "lion")
+    assert rc == 2 and err.count("\n") == 1
+    assert "'lion'" in err and "'adam'" in err and "--reset_optimizer_state true" in err
+
+    rc, out, err, run_dir = resume(
+        capsys,
+        stopped_at_4,
+        tmp_path / "reset",
+        "--optimizer.type",
+        "lion",
+        "--reset_optimizer_state",
+        "true",
+    )
+    assert rc == 0, err
+    assert "optimizer state reset" in out
+    info = res.read_results(run_dir)
+    assert info["config"]["optimizer"]["type"] == "lion"
+    # The step count (hence the schedule) came from the checkpoint: step 5's LR is the schedule's
+    # value at step 5, as in the uninterrupted run (same peak LR and schedule).
+    assert lr_at(run_dir, 5) == pytest.approx(lr_at(finished, 5), rel=1e-6)
+    # The parameters came from the checkpoint: training goes on from there, not from scratch.
+    first = next(r for r in res.read_metrics(run_dir / res.METRICS) if r.get("step") == 5)
+    assert first["loss"] < 5.0  # ~ln(256) = 5.55 at initialisation
+
+
+@pytest.mark.slow
+def test_a_state_that_no_longer_fits_fails_before_compiling(stopped_at_4, tmp_path, capsys):
+    # bfloat16 first moments: the saved float32 ones no longer fit.
+    rc, _, err, _ = resume(
+        capsys, stopped_at_4, tmp_path, "--optimizer.mu_dtype", "bfloat16", "--optimizer_resume", "override"
+    )
+    assert rc == 2 and err.count("\n") == 1
+    assert "does not fit" in err and "reshaped: opt_state." in err and ".mu." in err
+    assert "--reset_optimizer_state true" in err
