@@ -65,6 +65,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from marin_optim import OptimizerConfig
@@ -569,8 +570,14 @@ class TorchContext:
             row.note = f"torch {impl}"
             sched = None
             if clip_sched:
+                # The same schedule's values, computed once: calling a JAX function eagerly on
+                # every torch step would charge torch for JAX dispatch.
                 peak = cfg.learning_rate
-                sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: float(schedule(step)) / peak)
+                values = jax.jit(jax.vmap(schedule))(jnp.arange(NUM_TRAIN_STEPS))
+                factors = (np.asarray(values) / peak).tolist()
+                sched = torch.optim.lr_scheduler.LambdaLR(
+                    opt, lambda step: factors[min(step, NUM_TRAIN_STEPS - 1)]
+                )
             state_bytes = sum(
                 t.numel() * t.element_size()
                 for s in opt.state.values()

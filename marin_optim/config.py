@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import optax
 import yaml
 
+from marin_optim import _checks
 from marin_optim.errors import ConfigError, did_you_mean
 from marin_optim.params import weight_decay_mask
 from marin_optim.schedules import (
@@ -68,21 +69,9 @@ def check_range(
     allow_none: bool = False,
 ) -> None:
     """Raises ``ConfigError`` unless ``lo <= cfg.name <= hi`` (strict where ``*_open``)."""
-    value = getattr(cfg, name)
-    if value is None and allow_none:
-        return
-    where = _where(cfg, name)
-    if not _is_number(value):
-        raise ConfigError(f"{where}={value!r}: expected a number")
-    lo_ok = lo is None or (value > lo if lo_open else value >= lo)
-    hi_ok = hi is None or (value < hi if hi_open else value <= hi)
-    if not (lo_ok and hi_ok):
-        left = "-inf" if lo is None else f"{lo:g}"
-        right = "inf" if hi is None else f"{hi:g}"
-        interval = (
-            f"{'(' if lo_open or lo is None else '['}{left}, {right}{')' if hi_open or hi is None else ']'}"
-        )
-        raise ConfigError(f"{where}={value!r}: must be in {interval}")
+    _checks.check_real(
+        _where(cfg, name), getattr(cfg, name), lo, hi, lo_open=lo_open, hi_open=hi_open, allow_none=allow_none
+    )
 
 
 def check_positive(cfg: Any, name: str, *, allow_none: bool = False) -> None:
@@ -90,42 +79,23 @@ def check_positive(cfg: Any, name: str, *, allow_none: bool = False) -> None:
     check_range(cfg, name, 0.0, None, lo_open=True, allow_none=allow_none)
 
 
+def check_int(cfg: Any, name: str, lo: int = 1, *, allow_none: bool = False) -> None:
+    """Raises ``ConfigError`` unless ``cfg.name`` is an int ``>= lo``."""
+    _checks.check_int(_where(cfg, name), getattr(cfg, name), lo, allow_none=allow_none)
+
+
 def check_choice(cfg: Any, name: str, choices: Iterable[Any]) -> None:
     """Raises ``ConfigError`` unless ``cfg.name`` is one of ``choices`` (with a suggestion)."""
-    value = getattr(cfg, name)
-    choices = list(choices)
-    if value not in choices:
-        hint = did_you_mean(str(value), [str(c) for c in choices]) if isinstance(value, str) else ""
-        allowed = ", ".join(repr(c) for c in choices)
-        raise ConfigError(f"{_where(cfg, name)}={value!r}: must be one of {allowed}{hint}")
+    _checks.check_choice(_where(cfg, name), getattr(cfg, name), choices)
 
 
 def check_duration(cfg: Any, name: str, *, allow_none: bool = False) -> None:
     """An ``int >= 0`` (steps) or a ``float`` in ``[0, 1]`` (a fraction)."""
-    value = getattr(cfg, name)
-    if value is None and allow_none:
-        return
-    where = _where(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}={value!r}: expected an int (steps) or a float in [0, 1] (a fraction)")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"{where}={value!r}: a step count must be >= 0")
-    elif not (0.0 <= value <= 1.0):
-        raise ConfigError(
-            f"{where}={value!r}: a float is a fraction and must be in [0, 1]; "
-            f"write an int for a number of steps (e.g. {name}={round(value)})"
-        )
+    _checks.check_duration(_where(cfg, name), getattr(cfg, name), allow_none=allow_none)
 
 
-def check_num_train_steps(num_train_steps: Any) -> int:
-    if isinstance(num_train_steps, bool) or not isinstance(num_train_steps, int) or num_train_steps < 1:
-        raise ConfigError(f"num_train_steps={num_train_steps!r}: must be an int >= 1")
-    return num_train_steps
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+check_num_train_steps = _checks.check_num_train_steps
+_is_number = _checks.is_finite_real
 
 
 def _where(cfg: Any, name: str) -> str:
@@ -522,10 +492,44 @@ class OptimizerConfig(draccus.ChoiceRegistry):
                 else jax.tree.map(lambda _: True, params, is_leaf=is_leaf)
             )
             decay_by_group[name] = jax.tree.leaves(mask, is_leaf=is_leaf)
+        values = jax.tree.leaves(params, is_leaf=is_leaf)
         for i, (path, label) in enumerate(zip(paths, label_list, strict=True)):
+            if values[i] is None:  # an absent submodule (e.g. a bias the model does not use)
+                continue
             decayed = bool(decay_by_group[label][i]) and configs[label].uses_weight_decay
             rows.append((path, label, decayed))
         return rows
+
+    def param_table(self, params: Any) -> str:
+        """A printable table of what this config does to each parameter of ``params``.
+
+        One row per parameter: path, shape, group, the group's peak learning rate and the
+        weight decay applied to it ("-" where the mask excludes it). ``params`` may be
+        abstract (``jax.eval_shape`` of the model's init). Matrix-aware optimizers add which
+        update rule each parameter gets.
+        """
+        from marin_optim.params import is_leaf
+
+        configs = {DEFAULT_GROUP: self, **{g.name: g.config for g in self.parameter_groups()}}
+        # NamedArray.shape is a dict of axis sizes; the array underneath has the plain shape.
+        leaves = jax.tree.leaves(params, is_leaf=is_leaf)
+        shapes = [tuple(getattr(x, "array", x).shape) for x in leaves if x is not None]
+        described = list(zip(self.describe_params(params), shapes, strict=True))
+        rows = [("path", "shape", "group", "learning_rate", "weight_decay")]
+        for (path, group, decayed), x in described:
+            cfg = configs[group]
+            decay = f"{cfg.weight_decay:g}" if decayed else "-"
+            shape = "x".join(map(str, x)) or "()"
+            rows.append((path, shape, group, f"{cfg.learning_rate:g}", decay))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, [*widths, 0], strict=True)).rstrip() for r in rows]
+        decayed_values = sum(math.prod(x) for (_, _, decayed), x in described if decayed)
+        total = sum(math.prod(x) for x in shapes)
+        lines.append(
+            f"{len(shapes)} parameters ({total:,} values), weight decay on {decayed_values:,} values"
+            + (f"; groups: {', '.join(configs)}" if len(configs) > 1 else "")
+        )
+        return "\n".join(lines)
 
     # -- serialization ----------------------------------------------------------------------
 

@@ -51,9 +51,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from marin_optim.errors import ConfigError, did_you_mean
+from marin_optim.params import _child, _key_name
 
 PyTree = Any
 Kind = Literal["matrix", "embedding", "head", "vector"]
@@ -254,31 +254,6 @@ class LabelSpec:
 
 def _is_leaf(x: Any) -> bool:
     return haliax.is_named_array(x) or x is None or isinstance(x, optax.MaskedNode)
-
-
-def _key_name(key: Any) -> str:
-    if isinstance(key, GetAttrKey):
-        return key.name
-    if isinstance(key, DictKey):
-        return str(key.key)
-    if isinstance(key, SequenceKey):
-        return str(key.idx)
-    if isinstance(key, FlattenedIndexKey):
-        return str(key.key)
-    return str(key).strip(".[]'\"")
-
-
-def _child(node: Any, key: Any) -> Any:
-    try:
-        if isinstance(key, GetAttrKey):
-            return getattr(node, key.name)
-        if isinstance(key, DictKey):
-            return node[key.key]
-        if isinstance(key, SequenceKey):
-            return node[key.idx]
-    except (AttributeError, KeyError, IndexError, TypeError):
-        return None
-    return None
 
 
 def _axis_names(spec: Any) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ def is_leaf(x: Any) -> bool:
 
 
 def _key_name(key: Any) -> str:
+    """A path key as it appears in a dotted path: attribute name, dict key or sequence index."""
     if isinstance(key, GetAttrKey):
         return key.name
     if isinstance(key, DictKey):
@@ -38,12 +39,16 @@ def _key_name(key: Any) -> str:
 
 
 def _child(node: Any, key: Any) -> Any:
-    if isinstance(key, GetAttrKey):
-        return getattr(node, key.name, None)
-    if isinstance(key, (DictKey,)):
-        return node[key.key]
-    if isinstance(key, SequenceKey):
-        return node[key.idx]
+    """The child of ``node`` under path key ``key`` (``None`` where it cannot be followed)."""
+    try:
+        if isinstance(key, GetAttrKey):
+            return getattr(node, key.name)
+        if isinstance(key, DictKey):
+            return node[key.key]
+        if isinstance(key, SequenceKey):
+            return node[key.idx]
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return None
     return None
 
 

@@ -58,6 +58,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from marin_optim._checks import (
+    check_choice,
+    check_duration,
+    check_int,
+    check_num_train_steps,
+    check_real,
+    is_int,
+    is_real,
+)
 from marin_optim.errors import ConfigError, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -72,73 +81,6 @@ _WSD_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")
 _WD_STYLES = ("constant", "linear", "cosine")
 # Names under which the user sets these context fields on OptimizerConfig.
 _USER_NAMES = {"peak_lr": "learning_rate", "units": "schedule_units"}
-
-
-# -- small validation helpers ------------------------------------------------------------------
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
-
-
-def _check_real(
-    where: str,
-    value: Any,
-    lo: float | None = None,
-    hi: float | None = None,
-    *,
-    lo_open: bool = False,
-    hi_open: bool = False,
-    allow_none: bool = False,
-) -> None:
-    if value is None and allow_none:
-        return
-    if not _is_real(value) or not math.isfinite(float(value)):
-        raise ConfigError(f"{where}={value!r}: expected a finite number")
-    bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
-    bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
-    if bad_lo or bad_hi:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        lo_s = "-inf" if lo is None else repr(lo)
-        hi_s = "inf" if hi is None else repr(hi)
-        raise ConfigError(f"{where}={value!r}: must be in {left}{lo_s}, {hi_s}{right}")
-
-
-def _check_duration(where: str, value: Any, *, allow_none: bool = False, positive: bool = False) -> None:
-    """An ``int >= 0`` (a count) or a ``float`` in ``[0, 1]`` (a fraction)."""
-    if value is None:
-        if allow_none:
-            return
-        raise ConfigError(
-            f"{where}=None: expected an int (steps or tokens) or a float in [0, 1] (a fraction)"
-        )
-    if not _is_real(value):
-        raise ConfigError(
-            f"{where}={value!r}: expected an int (steps or tokens) or a float in [0, 1] (a fraction)"
-        )
-    if _is_int(value):
-        if value < 0 or (positive and value == 0):
-            raise ConfigError(f"{where}={value!r}: a count must be {'>= 1' if positive else '>= 0'}")
-        return
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        hint = f" (e.g. {round(value)})" if math.isfinite(value) else ""
-        raise ConfigError(
-            f"{where}={value!r}: a float is a fraction and must be in [0, 1]; write an int for a count{hint}"
-        )
-    if positive and value == 0.0:
-        raise ConfigError(f"{where}={value!r}: must be > 0")
-
-
-def _check_choice(where: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(
-            f"{where}={value!r}: must be one of {', '.join(choices)}{did_you_mean(str(value), choices)}"
-        )
 
 
 def _as_tuple(value: Any) -> Any:
@@ -202,23 +144,18 @@ class ScheduleContext:
         return _USER_NAMES.get(field, field)
 
     def _validate(self) -> None:
-        n = self.num_train_steps
-        if not _is_int(n) or n < 1:
-            raise ConfigError(f"num_train_steps={n!r}: must be an int >= 1")
-        _check_real(self._name("peak_lr"), self.peak_lr, 0.0)
-        _check_real("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        _check_real("min_lr", self.min_lr, 0.0, allow_none=True)
+        check_num_train_steps(self.num_train_steps)
+        check_real(self._name("peak_lr"), self.peak_lr, 0.0)
+        check_real("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_real("min_lr", self.min_lr, 0.0, allow_none=True)
         if self.min_lr is not None and self.min_lr > self.peak_lr:
             raise ConfigError(f"min_lr={self.min_lr!r}: must be <= the peak learning rate {self.peak_lr!r}")
-        _check_real("warmup_init_lr", self.warmup_init_lr, 0.0)
-        _check_duration("warmup", self.warmup)
-        _check_duration("decay", self.decay, allow_none=True)
-        _check_duration("rewarmup", self.rewarmup)
-        _check_choice(self._name("units"), self.units, _UNITS)
-        if self.tokens_per_step is not None and (
-            not _is_int(self.tokens_per_step) or self.tokens_per_step < 1
-        ):
-            raise ConfigError(f"tokens_per_step={self.tokens_per_step!r}: must be an int >= 1")
+        check_real("warmup_init_lr", self.warmup_init_lr, 0.0)
+        check_duration("warmup", self.warmup)
+        check_duration("decay", self.decay, allow_none=True)
+        check_duration("rewarmup", self.rewarmup)
+        check_choice(self._name("units"), self.units, _UNITS)
+        check_int("tokens_per_step", self.tokens_per_step, allow_none=True)
         if self.units == "tokens" and self.tokens_per_step is None:
             raise ConfigError(
                 f"{self._name('units')}='tokens': needs tokens_per_step to convert token counts into steps"
@@ -247,7 +184,7 @@ class ScheduleContext:
 
     def duration_steps(self, value: Duration, of: int) -> int:
         """Steps in a duration: a fraction of ``of`` steps, or an int count (steps or tokens)."""
-        if _is_int(value):
+        if is_int(value):
             return self.count_steps(int(value))
         return _frac_steps(float(value), of)
 
@@ -259,7 +196,7 @@ class ScheduleContext:
         n = int(self.num_train_steps)
         cycles, length = self.cycles, self.cycle_length
         if cycles is not None:
-            if _is_int(cycles):
+            if is_int(cycles):
                 if cycles < 1 or cycles > n:
                     raise ConfigError(
                         f"cycles={cycles!r}: must be an int in [1, num_train_steps={n}] "
@@ -268,7 +205,7 @@ class ScheduleContext:
                 # Levanter's equal split.
                 ends = [int(n / cycles * (i + 1)) for i in range(int(cycles) - 1)]
             elif isinstance(cycles, tuple):
-                if not cycles or not all(_is_int(c) for c in cycles):
+                if not cycles or not all(is_int(c) for c in cycles):
                     raise ConfigError(f"cycles={list(cycles)!r}: a list of cycle end points must hold ints")
                 ends = [self.count_steps(c) for c in cycles]
                 if ends[0] < 1 or any(b <= a for a, b in itertools.pairwise(ends)):
@@ -284,7 +221,7 @@ class ScheduleContext:
                 raise ConfigError(f"cycles={cycles!r}: expected an int or a list of cycle end points")
         elif length is not None:
             if isinstance(length, tuple):
-                if not length or not all(_is_int(c) and c >= 1 for c in length):
+                if not length or not all(is_int(c) and c >= 1 for c in length):
                     raise ConfigError(
                         f"cycle_length={list(length)!r}: a list of cycle lengths must hold ints >= 1"
                     )
@@ -295,7 +232,7 @@ class ScheduleContext:
                         f"more than num_train_steps={n}"
                     )
             else:
-                _check_duration("cycle_length", length, positive=True)
+                check_duration("cycle_length", length, positive=True)
                 step = self.duration_steps(length, n)
                 if step < 1 or step > n:
                     raise ConfigError(
@@ -593,7 +530,7 @@ class CosineSchedule(CycleSchedule):
     """Power applied to the cosine factor (1 = the plain cosine)."""
 
     def __post_init__(self) -> None:
-        _check_real(self._where("exponent"), self.exponent, 0.0, lo_open=True)
+        check_real(self._where("exponent"), self.exponent, 0.0, lo_open=True)
 
     def decay_piece(self, ctx: ScheduleContext, decay_steps: int, warmup_steps: int) -> ScheduleFn:
         peak, lo, exponent = float(ctx.peak_lr), ctx.floor, float(self.exponent)
@@ -619,7 +556,7 @@ class PolynomialSchedule(CycleSchedule):
     """Exponent of the decay (1 = linear)."""
 
     def __post_init__(self) -> None:
-        _check_real(self._where("power"), self.power, 0.0, lo_open=True)
+        check_real(self._where("power"), self.power, 0.0, lo_open=True)
 
     def decay_piece(self, ctx: ScheduleContext, decay_steps: int, warmup_steps: int) -> ScheduleFn:
         peak, lo, power = float(ctx.peak_lr), ctx.floor, float(self.power)
@@ -644,7 +581,7 @@ class InvSqrtSchedule(CycleSchedule):
     """Timescale: the LR stays at the peak until ``t + w`` reaches ``tau``."""
 
     def __post_init__(self) -> None:
-        _check_real(self._where("tau"), self.tau, 0.0, lo_open=True)
+        check_real(self._where("tau"), self.tau, 0.0, lo_open=True)
 
     def decay_piece(self, ctx: ScheduleContext, decay_steps: int, warmup_steps: int) -> ScheduleFn:
         peak, lo, tau, w = float(ctx.peak_lr), ctx.floor, float(self.tau), float(warmup_steps)
@@ -704,12 +641,10 @@ class PowerSchedule(CycleSchedule):
     """Tokens per sequence; None: tokens_per_step / batch_size from the optimizer config."""
 
     def __post_init__(self) -> None:
-        _check_real(self._where("a"), self.a, 0.0, lo_open=True)
-        _check_real(self._where("b"), self.b, None, 0.0, hi_open=True)
+        check_real(self._where("a"), self.a, 0.0, lo_open=True)
+        check_real(self._where("b"), self.b, None, 0.0, hi_open=True)
         for name in ("batch_size", "seq_length"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
-                raise ConfigError(f"{self._where(name)}={value!r}: must be an int >= 1")
+            check_int(self._where(name), getattr(self, name), allow_none=True)
 
     def _tokens_per_step(self, ctx: ScheduleContext) -> int:
         if self.batch_size is None:
@@ -754,8 +689,8 @@ class WSDSchedule(CycleSchedule):
     """Decay length as a fraction of each cycle when the optimizer's ``decay`` is None."""
 
     def __post_init__(self) -> None:
-        _check_choice(self._where("decay_style"), self.decay_style, _WSD_STYLES)
-        _check_real(self._where("decay_fraction"), self.decay_fraction, 0.0, 1.0)
+        check_choice(self._where("decay_style"), self.decay_style, _WSD_STYLES)
+        check_real(self._where("decay_fraction"), self.decay_fraction, 0.0, 1.0)
 
     def default_decay(self, cycle_steps: int, warmup_steps: int) -> int:
         return _frac_steps(float(self.decay_fraction), cycle_steps)
@@ -843,8 +778,8 @@ class CosineLinearDecaySchedule(ScheduleConfig):
     """Where the linear tail ends; None: the min LR."""
 
     def __post_init__(self) -> None:
-        _check_real(self._where("decay_fraction"), self.decay_fraction, 0.0, 1.0)
-        _check_real(self._where("decay_min_lr"), self.decay_min_lr, 0.0, allow_none=True)
+        check_real(self._where("decay_fraction"), self.decay_fraction, 0.0, 1.0)
+        check_real(self._where("decay_min_lr"), self.decay_min_lr, 0.0, allow_none=True)
 
     def _plan(self, ctx: ScheduleContext) -> tuple[int, int, int]:
         n, w = ctx.num_train_steps, _warmup_steps(ctx)
@@ -893,7 +828,7 @@ class ExponentialSchedule(ScheduleConfig):
     """LR at step 0 (> 0, below the peak)."""
 
     def __post_init__(self) -> None:
-        _check_real(self._where("lr_min"), self.lr_min, 0.0, lo_open=True)
+        check_real(self._where("lr_min"), self.lr_min, 0.0, lo_open=True)
 
     def build(self, ctx: ScheduleContext) -> optax.Schedule:
         _no_cycles(self, ctx)
@@ -929,9 +864,9 @@ class PowerLRSchedule(ScheduleConfig):
     """Where the linear tail ends; None: the min LR."""
 
     def __post_init__(self) -> None:
-        _check_real(self._where("b"), self.b, None, 0.0, hi_open=True)
-        _check_real(self._where("decay_fraction"), self.decay_fraction, 0.0, 1.0)
-        _check_real(self._where("decay_min_lr"), self.decay_min_lr, 0.0, allow_none=True)
+        check_real(self._where("b"), self.b, None, 0.0, hi_open=True)
+        check_real(self._where("decay_fraction"), self.decay_fraction, 0.0, 1.0)
+        check_real(self._where("decay_min_lr"), self.decay_min_lr, 0.0, allow_none=True)
 
     def _plan(self, ctx: ScheduleContext) -> tuple[int, int, int]:
         n, w = ctx.num_train_steps, _warmup_steps(ctx)
@@ -1000,7 +935,7 @@ class WSDSSchedule(ScheduleConfig):
                     f"{self._where('period_lengths')}={self.period_lengths!r}: expected a non-empty list"
                 )
             for value in self.period_lengths:
-                _check_duration(self._where("period_lengths"), value, positive=True)
+                check_duration(self._where("period_lengths"), value, positive=True)
         if self.period_lr_multipliers is not None:
             if not isinstance(self.period_lr_multipliers, list) or not self.period_lr_multipliers:
                 raise ConfigError(
@@ -1008,7 +943,7 @@ class WSDSSchedule(ScheduleConfig):
                     "expected a non-empty list"
                 )
             for value in self.period_lr_multipliers:
-                _check_real(self._where("period_lr_multipliers"), value, 0.0, lo_open=True)
+                check_real(self._where("period_lr_multipliers"), value, 0.0, lo_open=True)
             if self.period_lengths is not None and len(self.period_lr_multipliers) != len(
                 self.period_lengths
             ):
@@ -1016,14 +951,14 @@ class WSDSSchedule(ScheduleConfig):
                     f"{self._where('period_lr_multipliers')}={list(self.period_lr_multipliers)!r}: needs one "
                     f"multiplier per period ({len(self.period_lengths)} periods)"
                 )
-        _check_real(self._where("decay_fraction"), self.decay_fraction, 0.0, 1.0)
-        _check_choice(self._where("decay_style"), self.decay_style, _WSD_STYLES)
-        _check_real(self._where("decay_min_lr"), self.decay_min_lr, 0.0, allow_none=True)
+        check_real(self._where("decay_fraction"), self.decay_fraction, 0.0, 1.0)
+        check_choice(self._where("decay_style"), self.decay_style, _WSD_STYLES)
+        check_real(self._where("decay_min_lr"), self.decay_min_lr, 0.0, allow_none=True)
 
     def _periods(self, ctx: ScheduleContext) -> list[tuple[int, int, int, int, float]]:
         """(start, warmup, stable, decay, multiplier) of every period."""
         n = ctx.num_train_steps
-        if _is_real(ctx.rewarmup) and ctx.rewarmup != 0:
+        if is_real(ctx.rewarmup) and ctx.rewarmup != 0:
             raise ConfigError(
                 f"rewarmup={ctx.rewarmup!r}: lr_schedule 'wsds' has no rewarmup (only the first period warms "
                 "up); use a cycle shape such as wsd with cycles for rewarmups"
@@ -1126,10 +1061,10 @@ class OverrideDecay:
     """Where it ends; None: the min LR."""
 
     def __post_init__(self) -> None:
-        _check_duration("lr_schedule.override_decay.start", self.start)
-        _check_duration("lr_schedule.override_decay.duration", self.duration, positive=True)
-        _check_choice("lr_schedule.override_decay.shape", self.shape, ("linear", "cosine"))
-        _check_real("lr_schedule.override_decay.end_lr", self.end_lr, 0.0, allow_none=True)
+        check_duration("lr_schedule.override_decay.start", self.start)
+        check_duration("lr_schedule.override_decay.duration", self.duration, positive=True)
+        check_choice("lr_schedule.override_decay.shape", self.shape, ("linear", "cosine"))
+        check_real("lr_schedule.override_decay.end_lr", self.end_lr, 0.0, allow_none=True)
 
 
 @ScheduleConfig.register_subclass("sequential")
@@ -1168,7 +1103,7 @@ class SequentialSchedule(ScheduleConfig):
             raise ConfigError(f"{self._where('lengths')}={lengths!r}: expected a list of stage lengths")
         object.__setattr__(self, "lengths", lengths)
         for value in lengths:
-            _check_duration(self._where("lengths"), value, positive=True)
+            check_duration(self._where("lengths"), value, positive=True)
         if len(lengths) != len(stages) - 1:
             raise ConfigError(
                 f"{self._where('lengths')}={list(lengths)!r}: needs one length per stage but the last "
@@ -1366,11 +1301,10 @@ def weight_decay_schedule(
     cosine ``start + (end - start) * 0.5 * (cos(pi * (1 - r)) + 1)``. Returns the float
     ``start`` when it is constant (``inject_hyperparams`` then holds it fixed).
     """
-    _check_real("weight_decay", start, 0.0)
-    _check_real("weight_decay_end", end, 0.0, allow_none=True)
-    _check_choice("weight_decay_schedule", style, _WD_STYLES)
-    if not _is_int(num_train_steps) or num_train_steps < 1:
-        raise ConfigError(f"num_train_steps={num_train_steps!r}: must be an int >= 1")
+    check_real("weight_decay", start, 0.0)
+    check_real("weight_decay_end", end, 0.0, allow_none=True)
+    check_choice("weight_decay_schedule", style, _WD_STYLES)
+    check_num_train_steps(num_train_steps)
     if style == "constant":
         if end is not None and end != start:
             raise ConfigError(

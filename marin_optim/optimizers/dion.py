@@ -8,9 +8,8 @@ from typing import Any, ClassVar
 
 import optax
 
-from marin_optim.config import OptimizerConfig, check_positive, check_range
-from marin_optim.errors import ConfigError
-from marin_optim.optimizers.muon import MatrixOptimizerConfig
+from marin_optim.config import OptimizerConfig, check_int, check_range
+from marin_optim.optimizers.muon import MatrixAdamWConfig
 from marin_optim.transforms.dion import scale_by_dion, scale_by_inverse_sqrt_fan_in_learning_rate
 
 GROUP = "Matrix-aware (orthogonalised updates)"
@@ -18,7 +17,7 @@ GROUP = "Matrix-aware (orthogonalised updates)"
 
 @OptimizerConfig.register_subclass("dion")
 @dataclass(frozen=True)
-class DionConfig(MatrixOptimizerConfig):
+class DionConfig(MatrixAdamWConfig):
     """Dion: rank-r orthonormal updates by amortised power iteration with error feedback.
 
     Matrix update (Ahn et al., 2025, "Dion: Distributed Orthonormalized Updates",
@@ -37,8 +36,6 @@ class DionConfig(MatrixOptimizerConfig):
 
     learning_rate: float = 0.02
     """Peak learning rate of the Dion (matrix) branch."""
-    adam_lr: float = 6e-4
-    """Peak learning rate of the AdamW branch (embeddings, norms, biases); same schedule shape."""
     weight_decay: float = 0.01
     """Decoupled weight decay in every branch, multiplied by each branch's learning rate (Dion's default)."""
     momentum: float = 0.95
@@ -54,12 +51,6 @@ class DionConfig(MatrixOptimizerConfig):
     at adam_lr, like the embeddings."""
     seed: int = 0
     """Seed of the random initial power-iteration factor Q."""
-    beta1: float = 0.9
-    """AdamW branches: decay rate of the first moment."""
-    beta2: float = 0.95
-    """AdamW branches: decay rate of the second moment."""
-    epsilon: float = 1e-8
-    """AdamW branches: added to sqrt(v_hat)."""
 
     BRANCHES: ClassVar[dict[str, str]] = {
         "matrix": "dion",
@@ -70,49 +61,29 @@ class DionConfig(MatrixOptimizerConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_positive(self, "adam_lr")
         check_range(self, "rank_fraction", 0.0, 1.0, lo_open=True)
-        if isinstance(self.rank_multiple_of, bool) or not isinstance(self.rank_multiple_of, int):
-            raise ConfigError(f"dion.rank_multiple_of={self.rank_multiple_of!r}: must be an int >= 1")
-        if self.rank_multiple_of < 1:
-            raise ConfigError(f"dion.rank_multiple_of={self.rank_multiple_of!r}: must be an int >= 1")
+        check_int(self, "rank_multiple_of")
         check_range(self, "dion_epsilon", 0.0)
 
     @property
     def branches(self) -> dict[str, str]:
         return dict(self.BRANCHES) if self.scale_head_lr else {**self.BRANCHES, "head": "adam"}
 
-    def hyperparameter_schedules(self, num_train_steps: int) -> dict[str, Any]:
-        schedules = super().hyperparameter_schedules(num_train_steps)
-        schedules["adam_learning_rate"] = self.lr_scheduler(num_train_steps, override_lr=self.adam_lr)
-        return schedules
-
-    def _adam(
-        self, hp: Mapping[str, Any], scale: optax.GradientTransformation
-    ) -> optax.GradientTransformation:
-        return optax.chain(
-            optax.scale_by_adam(self.beta1, self.beta2, self.epsilon), *self.weight_decay_step(hp), scale
-        )
-
     def update_rule(self, hp: Mapping[str, Any]) -> optax.GradientTransformation:
         labeler = self.labeler()
-        dion = optax.chain(
-            scale_by_dion(
-                labeler.matrix_axes,
-                momentum=self.momentum,
-                rank_fraction=self.rank_fraction,
-                rank_multiple_of=self.rank_multiple_of,
-                eps=self.dion_epsilon,
-                seed=self.seed,
-            ),
-            *self.weight_decay_step(hp),
-            optax.scale_by_learning_rate(hp["learning_rate"]),
+        dion = scale_by_dion(
+            labeler.matrix_axes,
+            momentum=self.momentum,
+            rank_fraction=self.rank_fraction,
+            rank_multiple_of=self.rank_multiple_of,
+            eps=self.dion_epsilon,
+            seed=self.seed,
         )
         branches = {
-            "dion": dion,
-            "adam": self._adam(hp, optax.scale_by_learning_rate(hp["adam_learning_rate"])),
+            "dion": self.branch(hp, dion, hp["learning_rate"]),
+            "adam": self.adam_branch(hp, hp["adam_learning_rate"]),
         }
         if self.scale_head_lr:
             head_lr = scale_by_inverse_sqrt_fan_in_learning_rate(hp["learning_rate"], labeler.matrix_axes)
-            branches["lm_head"] = self._adam(hp, head_lr)
+            branches["lm_head"] = self.adam_branch(hp, head_lr)
         return self.partition(branches)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 import optax
 
-from marin_optim.config import OptimizerConfig, check_choice, check_positive
+from marin_optim.config import OptimizerConfig, check_choice, check_int, check_positive
 from marin_optim.errors import ConfigError
 from marin_optim.labels import ParamLabeler
 from marin_optim.transforms.cautious_weight_decay import decoupled_weight_decay
@@ -77,6 +77,10 @@ class MatrixOptimizerConfig(OptimizerConfig):
         """A printable table: every parameter's kind, the branch that updates it, its matrix view."""
         return self.labeler().describe(params, branches=self.branches)
 
+    def param_table(self, params: PyTree) -> str:
+        """The groups and weight decay of every parameter, then its kind and update rule."""
+        return super().param_table(params) + "\n\n" + self.describe_labels(params)
+
     def weight_decay_step(self, hp: Mapping[str, Any]) -> list[optax.GradientTransformation]:
         """``[decayed weights]`` (cautious if configured) when weight decay is on, else ``[]``."""
         if not self.uses_weight_decay:
@@ -87,22 +91,64 @@ class MatrixOptimizerConfig(OptimizerConfig):
             )
         ]
 
+    def branch(
+        self, hp: Mapping[str, Any], direction: optax.GradientTransformation, learning_rate: Any
+    ) -> optax.GradientTransformation:
+        """One branch of :meth:`partition`: ``direction``, this config's weight decay, then ``-lr``.
+
+        ``learning_rate`` is the branch's (injected) learning rate, or a transformation that
+        applies it (e.g. Dion's per-matrix rate for the output head).
+        """
+        if not isinstance(learning_rate, optax.GradientTransformation):
+            learning_rate = optax.scale_by_learning_rate(learning_rate)
+        return optax.chain(direction, *self.weight_decay_step(hp), learning_rate)
+
     def partition(self, branches: Mapping[str, optax.GradientTransformation]) -> optax.GradientTransformation:
         """``optax.multi_transform`` over ``branches``, routed by :attr:`branches`."""
         return optax.multi_transform(dict(branches), self.labeler().branch_labels(self.branches))
 
 
+@dataclass(frozen=True)
+class MatrixAdamWConfig(MatrixOptimizerConfig):
+    """Base of matrix optimizers whose other parameters take AdamW at their own peak ``adam_lr``.
+
+    Not registered itself. ``adam_lr`` follows the configured schedule shape and is injected as
+    ``adam_learning_rate``.
+    """
+
+    adam_lr: float = 6e-4
+    """Peak learning rate of the AdamW branch (embeddings, norms, biases, and the output head
+    where the optimizer does not route it elsewhere); same schedule shape."""
+    beta1: float = 0.9
+    """AdamW branch: decay rate of the first moment."""
+    beta2: float = 0.95
+    """AdamW branch: decay rate of the second moment."""
+    epsilon: float = 1e-8
+    """AdamW branch: added to sqrt(v_hat)."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive(self, "adam_lr")
+
+    def hyperparameter_schedules(self, num_train_steps: int) -> dict[str, Any]:
+        schedules = super().hyperparameter_schedules(num_train_steps)
+        schedules["adam_learning_rate"] = self.lr_scheduler(num_train_steps, override_lr=self.adam_lr)
+        return schedules
+
+    def adam_branch(self, hp: Mapping[str, Any], learning_rate: Any) -> optax.GradientTransformation:
+        """AdamW (``beta1``, ``beta2``, ``epsilon``) at ``learning_rate``, as a :meth:`branch`."""
+        return self.branch(hp, optax.scale_by_adam(self.beta1, self.beta2, self.epsilon), learning_rate)
+
+
 def _check_ns_fields(cfg: Any, steps_field: str) -> None:
-    steps = getattr(cfg, steps_field)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"{cfg._name()}.{steps_field}={steps!r}: must be an int >= 1")
+    check_int(cfg, steps_field)
     check_choice(cfg, "ns_coefficients", tuple(NS_PRESETS))
     check_choice(cfg, "ns_dtype", tuple(NS_DTYPES))
 
 
 @OptimizerConfig.register_subclass("muon")
 @dataclass(frozen=True)
-class MuonConfig(MatrixOptimizerConfig):
+class MuonConfig(MatrixAdamWConfig):
     """Muon: Newton-Schulz-orthogonalised momentum for hidden matrices, AdamW for the rest.
 
     Matrix update (Jordan et al., 2024, https://kellerjordan.github.io/posts/muon/; see
@@ -119,8 +165,6 @@ class MuonConfig(MatrixOptimizerConfig):
 
     learning_rate: float = 0.02
     """Peak learning rate of the Muon (matrix) branch."""
-    adam_lr: float = 6e-4
-    """Peak learning rate of the AdamW branch (embeddings, head, norms, biases); same schedule shape."""
     weight_decay: float = 0.0
     """Decoupled weight decay in both branches, multiplied by each branch's learning rate."""
     momentum: float = 0.95
@@ -139,12 +183,6 @@ class MuonConfig(MatrixOptimizerConfig):
     table) or polar_express (Amsel et al. 2025, per-step optimal)."""
     ns_dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """Compute dtype of the Newton-Schulz iterations."""
-    beta1: float = 0.9
-    """AdamW branch: decay rate of the first moment."""
-    beta2: float = 0.95
-    """AdamW branch: decay rate of the second moment."""
-    epsilon: float = 1e-8
-    """AdamW branch: added to sqrt(v_hat)."""
 
     BRANCHES: ClassVar[dict[str, str]] = {
         "matrix": "muon",
@@ -155,42 +193,29 @@ class MuonConfig(MatrixOptimizerConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_positive(self, "adam_lr")
         check_choice(self, "lr_scaling", LR_SCALINGS[:2])
         _check_ns_fields(self, "backend_steps")
 
-    def hyperparameter_schedules(self, num_train_steps: int) -> dict[str, Any]:
-        schedules = super().hyperparameter_schedules(num_train_steps)
-        schedules["adam_learning_rate"] = self.lr_scheduler(num_train_steps, override_lr=self.adam_lr)
-        return schedules
+    def momentum_options(self) -> dict[str, Any]:
+        """Keyword arguments of the matrix transform shared by Muon and NorMuon."""
+        return {
+            "momentum": self.momentum,
+            "nesterov": self.nesterov,
+            "ns_coefficients": self.ns_coefficients,
+            "ns_steps": self.backend_steps,
+            "eps": self.muon_epsilon,
+            "ns_dtype": NS_DTYPES[self.ns_dtype],
+            "lr_scaling": self.lr_scaling,
+        }
 
     def matrix_direction(self) -> optax.GradientTransformation:
         """The matrix branch's direction (before weight decay and the learning rate)."""
-        return scale_by_muon(
-            self.labeler().matrix_axes,
-            momentum=self.momentum,
-            nesterov=self.nesterov,
-            ns_coefficients=self.ns_coefficients,
-            ns_steps=self.backend_steps,
-            eps=self.muon_epsilon,
-            ns_dtype=NS_DTYPES[self.ns_dtype],
-            lr_scaling=self.lr_scaling,
-        )
-
-    def adam_branch(self, hp: Mapping[str, Any], learning_rate: Any) -> optax.GradientTransformation:
-        return optax.chain(
-            optax.scale_by_adam(self.beta1, self.beta2, self.epsilon),
-            *self.weight_decay_step(hp),
-            optax.scale_by_learning_rate(learning_rate),
-        )
+        return scale_by_muon(self.labeler().matrix_axes, **self.momentum_options())
 
     def update_rule(self, hp: Mapping[str, Any]) -> optax.GradientTransformation:
-        matrix = optax.chain(
-            self.matrix_direction(),
-            *self.weight_decay_step(hp),
-            optax.scale_by_learning_rate(hp["learning_rate"]),
-        )
-        return self.partition({"muon": matrix, "adam": self.adam_branch(hp, hp["adam_learning_rate"])})
+        matrix = self.branch(hp, self.matrix_direction(), hp["learning_rate"])
+        adam = self.adam_branch(hp, hp["adam_learning_rate"])
+        return self.partition({self.BRANCHES["matrix"]: matrix, "adam": adam})
 
 
 @OptimizerConfig.register_subclass("normuon")
@@ -220,22 +245,4 @@ class NorMuonConfig(MuonConfig):
     }
 
     def matrix_direction(self) -> optax.GradientTransformation:
-        return scale_by_normuon(
-            self.labeler().matrix_axes,
-            momentum=self.momentum,
-            beta2=self.muon_beta2,
-            nesterov=self.nesterov,
-            ns_coefficients=self.ns_coefficients,
-            ns_steps=self.backend_steps,
-            eps=self.muon_epsilon,
-            ns_dtype=NS_DTYPES[self.ns_dtype],
-            lr_scaling=self.lr_scaling,
-        )
-
-    def update_rule(self, hp: Mapping[str, Any]) -> optax.GradientTransformation:
-        matrix = optax.chain(
-            self.matrix_direction(),
-            *self.weight_decay_step(hp),
-            optax.scale_by_learning_rate(hp["learning_rate"]),
-        )
-        return self.partition({"normuon": matrix, "adam": self.adam_branch(hp, hp["adam_learning_rate"])})
+        return scale_by_normuon(self.labeler().matrix_axes, beta2=self.muon_beta2, **self.momentum_options())

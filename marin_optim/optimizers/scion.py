@@ -71,24 +71,20 @@ class ScionConfig(MatrixOptimizerConfig):
     def update_rule(self, hp: Mapping[str, Any]) -> optax.GradientTransformation:
         # An exponential average (1 - momentum) G and Muon's sum G give the same direction
         # after Newton-Schulz normalises it, and the same sign; only eps sees the scale.
-        spectral = optax.chain(
-            scale_by_muon(
-                self.labeler().matrix_axes,
-                momentum=self.momentum,
-                nesterov=False,
-                ns_coefficients=self.ns_coefficients,
-                ns_steps=self.backend_steps,
-                eps=self.scion_epsilon,
-                ns_dtype=NS_DTYPES[self.ns_dtype],
-                lr_scaling="spectral",
-            ),
-            *self.weight_decay_step(hp),
-            optax.scale_by_learning_rate(hp["learning_rate"]),
+        spectral = scale_by_muon(
+            self.labeler().matrix_axes,
+            momentum=self.momentum,
+            nesterov=False,
+            ns_coefficients=self.ns_coefficients,
+            ns_steps=self.backend_steps,
+            eps=self.scion_epsilon,
+            ns_dtype=NS_DTYPES[self.ns_dtype],
+            lr_scaling="spectral",
         )
-        signum = optax.chain(
-            optax.trace(decay=self.beta1),
-            optax.scale_by_sign(),
-            *self.weight_decay_step(hp),
-            optax.scale_by_learning_rate(hp["signum_learning_rate"]),
+        signum = optax.chain(optax.trace(decay=self.beta1), optax.scale_by_sign())
+        return self.partition(
+            {
+                "scion": self.branch(hp, spectral, hp["learning_rate"]),
+                "signum": self.branch(hp, signum, hp["signum_learning_rate"]),
+            }
         )
-        return self.partition({"scion": spectral, "signum": signum})

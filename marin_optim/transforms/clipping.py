@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from marin_optim.transforms import _tree
 from marin_optim.transforms.skipping import materialize_on_cpu
 
 
@@ -21,14 +22,13 @@ class ClipByGlobalNormState(NamedTuple):
 
 
 def global_norm(tree: optax.Updates) -> jax.Array:
-    """``sqrt(sum_i ||g_i||^2)`` over every leaf, accumulated in float32 whatever the leaf dtype."""
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.zeros((), jnp.float32)
-    # Behind a (CPU-only, free) barrier, XLA cannot merge this g^2 / float32 cast with the same
-    # expression in the optimizer (Adam's g * g) and write it to a temporary buffer.
-    leaves = [materialize_on_cpu(g) for g in leaves]
-    return jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves))
+    """``sqrt(sum_i ||g_i||^2)`` over every leaf, accumulated in float32 whatever the leaf dtype.
+
+    :func:`marin_optim.transforms._tree.global_norm` of the leaves, each read behind a (CPU-only,
+    free) barrier so that XLA cannot merge this g^2 / float32 cast with the same expression in
+    the optimizer (Adam's g * g) and write it to a temporary buffer.
+    """
+    return _tree.global_norm(jax.tree.map(materialize_on_cpu, tree))
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
