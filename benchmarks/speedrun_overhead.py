@@ -1,10 +1,11 @@
 """Trainer overhead: tokens/s of ``run_speedrun`` against a minimal hand-written jax+optax loop.
 
 Both train the same model (the default ``cpu`` preset unless overridden) with the same optimizer
-transformation on the same batch shape, in one process, alternating runs so that machine noise
-hits both. The hand loop is a jitted, buffer-donating step fed a batch already on the device; the
-trainer additionally builds each batch on the host, transfers it, logs every value of
-``hyperparams(state)`` and drives the progress bar. Compilation, evaluation and checkpoints are
+transformation on the same batches (the trainer's data, in the trainer's order), in one process,
+alternating runs (and which goes first) so that machine noise hits both. The hand loop is a
+jitted, buffer-donating step fed batches already on the device; the trainer additionally builds
+each batch on the host, transfers it, logs every value of ``hyperparams(state)`` and drives the
+progress bar. Compilation, evaluation and checkpoints are
 outside both clocks.
 
     python benchmarks/speedrun_overhead.py                  # default model, 40 steps, 5 rounds
@@ -35,6 +36,7 @@ import optax
 
 from marin_optim.cli import parse_config
 from marin_optim.speedrun import SpeedrunConfig, run_speedrun
+from marin_optim.speedrun.data import SequenceSampler, load_dataset
 from marin_optim.speedrun.model import Transformer, cast_floating, next_token_loss
 from marin_optim.speedrun.trainer import resolve_compute_dtype
 
@@ -87,8 +89,15 @@ def hand_loop_rates(cfg: SpeedrunConfig) -> tuple[float, float, float]:
     tx = cfg.optimizer.build(t.num_train_steps)
     params = Transformer.init(cfg.model, key=jax.random.PRNGKey(t.seed))
     opt_state = tx.init(params)
-    rng = np.random.default_rng(0)
-    tokens = jax.device_put(rng.integers(0, 256, size=(t.batch_size, t.seq_len + 1), dtype=np.int32))
+    # The trainer's batches (real text: a model confident on text does different arithmetic,
+    # e.g. underflowing probabilities, than one on random bytes), staged on the device up front.
+    dataset = load_dataset(cfg.data, t.seq_len, t.seed)
+    seed = t.seed if cfg.data.seed is None else cfg.data.seed
+    sampler = SequenceSampler(dataset.train, t.seq_len, dataset.stride, seed=seed)
+    batches = [
+        jax.device_put(sampler.sequences(i * t.batch_size, t.batch_size).astype(np.int32))
+        for i in range(t.num_train_steps)
+    ]
 
     def loss_fn(p, inputs, targets):
         return next_token_loss(cast_floating(p, dtype), inputs, targets)
@@ -99,13 +108,13 @@ def hand_loop_rates(cfg: SpeedrunConfig) -> tuple[float, float, float]:
         return optax.apply_updates(params, updates), opt_state, loss
 
     step = jax.jit(step, donate_argnums=(0, 1))
-    jax.block_until_ready(step(params, opt_state, tokens))  # compile (on throwaway copies)
+    jax.block_until_ready(step(params, opt_state, batches[0]))  # compile (on throwaway copies)
     params = Transformer.init(cfg.model, key=jax.random.PRNGKey(t.seed))
     opt_state = tx.init(params)
     # Like the trainer: step s is observed once step s + 1 is queued, so the device never idles.
     clock, previous = Clock(), None
     for s in range(1, t.num_train_steps + 1):
-        params, opt_state, loss = step(params, opt_state, tokens)
+        params, opt_state, loss = step(params, opt_state, batches[s - 1])
         if previous is not None:
             previous.block_until_ready()
             clock.mark(s - 1)
@@ -143,8 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     hand, trainer = [], []
     for r in range(args.rounds):
-        hand.append(hand_loop_rates(cfg))
-        trainer.append(trainer_rates(cfg))
+        # Alternate which goes first, so a drift in machine load over a round favours neither.
+        if r % 2 == 0:
+            hand.append(hand_loop_rates(cfg))
+            trainer.append(trainer_rates(cfg))
+        else:
+            trainer.append(trainer_rates(cfg))
+            hand.append(hand_loop_rates(cfg))
         (hw, hb, hc), (tw, tb, tc) = hand[-1], trainer[-1]
         print(
             f"round {r + 1}: tokens/s hand {hw:,.0f} trainer {tw:,.0f} | best window hand {hb:,.0f} "
