@@ -221,7 +221,7 @@ def check_state_fits(
     step: int,
 ) -> None:
     """Fails (one line, before compiling) if the checkpoint's arrays do not match what this
-    model and optimizer hold, e.g. after turning on ``skip_bad_steps`` or adding a group.
+    model and optimizer hold, e.g. after switching to bf16 moments or adding a parameter group.
     ``optimizer=None``: only the parameters are restored, so only they are compared."""
     from marin_optim.speedrun.checkpoint import flatten_state
 
@@ -243,6 +243,11 @@ def check_state_fits(
         if names:
             more = f" (+{len(names) - 4} more)" if len(names) > 4 else ""
             parts.append(f"{label}: {', '.join(names[:4])}{more}")
+    if optimizer is None:
+        raise ConfigError(
+            f"resume from the checkpoint at step {step}: the saved parameters do not fit this model "
+            f"({'; '.join(parts)})"
+        )
     raise ConfigError(
         f"resume from the checkpoint at step {step}: the saved state does not fit this model and "
         f"optimizer ({'; '.join(parts)}); pass --reset_optimizer_state true to keep only the parameters"
