@@ -4,6 +4,7 @@ refused; a failed run never overwrites a finished run's results."""
 from __future__ import annotations
 
 import shutil
+import textwrap
 
 import numpy as np
 import pytest
@@ -25,6 +26,32 @@ def finished(tmp_path_factory):
     return run_dir
 
 
+def run_killed(run_dir, setup: str = "", hooks: str = "[]"):
+    """A tiny run in a subprocess that SIGKILLs itself where ``setup``/``hooks`` call ``die()``."""
+    return run_python(
+        textwrap.dedent(
+            f"""
+            import os, signal, sys
+            sys.path.insert(0, {str(REPO / "tests" / "speedrun")!r})
+            from speedrun_helpers import tiny_config
+            from marin_optim.speedrun import run_speedrun
+            def die(*_args, **_kwargs):
+                os.kill(os.getpid(), signal.SIGKILL)
+            """
+        )
+        + textwrap.dedent(setup)
+        + f"\nrun_speedrun(tiny_config({str(run_dir)!r}, *{ONE_DEVICE!r}), hooks={hooks})\n"
+    )
+
+
+def assert_same_checkpoints(a_dir, b_dir, step: int) -> None:
+    """Every saved array (parameters and optimizer state) bitwise equal."""
+    a, b = load_params(a_dir / res.CHECKPOINTS, step), load_params(b_dir / res.CHECKPOINTS, step)
+    assert a.keys() == b.keys() and any(k.startswith("opt_state.") for k in a)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
     """``marin-optim speedrun ARGV`` in this process: (exit status, stdout, stderr)."""
     rc = speedrun_main(list(argv))
@@ -36,18 +63,7 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
 def test_kill_and_resume_gives_identical_params(finished, tmp_path, capsys):
     run_dir = tmp_path / "killed"
     # A real SIGKILL at step 6: no cleanup, the last checkpoint is step 4.
-    killed = run_python(
-        f"""
-        import os, signal, sys
-        sys.path.insert(0, {str(REPO / "tests" / "speedrun")!r})
-        from speedrun_helpers import tiny_config
-        from marin_optim.speedrun import run_speedrun
-        def kill(step):
-            if step == 6:
-                os.kill(os.getpid(), signal.SIGKILL)
-        run_speedrun(tiny_config({str(run_dir)!r}, *{ONE_DEVICE!r}), hooks=[kill])
-        """
-    )
+    killed = run_killed(run_dir, hooks="[lambda step: step == 6 and die()]")
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (run_dir / res.RESULTS).exists()
     assert sorted(int(p.name) for p in (run_dir / res.CHECKPOINTS).iterdir() if p.name.isdigit()) == [4]
@@ -70,10 +86,7 @@ def test_kill_and_resume_gives_identical_params(finished, tmp_path, capsys):
     assert rc == 0, err
     assert "resumed from" in out and "at step 4" in out
 
-    a, b = load_params(finished / res.CHECKPOINTS, 12), load_params(run_dir / res.CHECKPOINTS, 12)
-    assert a.keys() == b.keys() and any(k.startswith("opt_state.") for k in a)
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)  # bitwise, optimizer state included
+    assert_same_checkpoints(finished, run_dir, 12)  # bitwise, optimizer state included
 
     rows_a = res.read_metrics(finished / res.METRICS)
     rows_b = res.read_metrics(run_dir / res.METRICS)
@@ -116,25 +129,19 @@ def test_a_failed_run_never_overwrites_a_finished_runs_results(finished, tmp_pat
 def test_kill_during_a_checkpoint_write_leaves_the_previous_one_and_resume_works(finished, tmp_path, capsys):
     run_dir = tmp_path / "killed_mid_write"
     # SIGKILL inside orbax's write of the step-8 checkpoint, after its directory is created.
-    killed = run_python(
-        f"""
-        import os, signal, sys
+    killed = run_killed(
+        run_dir,
+        setup="""
         import orbax.checkpoint as ocp
-        sys.path.insert(0, {str(REPO / "tests" / "speedrun")!r})
-        from speedrun_helpers import tiny_config
-        from marin_optim.speedrun import run_speedrun
         from marin_optim.speedrun.checkpoint import Checkpointer
 
         real_save = Checkpointer.save
         def save(self, step, *args):
             if step == 8:
-                def die(*a, **k):
-                    os.kill(os.getpid(), signal.SIGKILL)
                 ocp.JsonCheckpointHandler.save = ocp.JsonCheckpointHandler.async_save = die
             return real_save(self, step, *args)
         Checkpointer.save = save
-        run_speedrun(tiny_config({str(run_dir)!r}, *{ONE_DEVICE!r}))
-        """
+        """,
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
     entries = sorted(p.name for p in (run_dir / res.CHECKPOINTS).iterdir())
@@ -145,9 +152,7 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_one_and_resume_works
     rc, out, err = cli(capsys, *TINY_ARGS, *ONE_DEVICE, "--output_dir", str(run_dir), "--resume", "true")
     assert rc == 0, err
     assert "at step 4" in out
-    a, b = load_params(finished / res.CHECKPOINTS, 12), load_params(run_dir / res.CHECKPOINTS, 12)
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert_same_checkpoints(finished, run_dir, 12)
 
 
 @pytest.fixture(scope="module")
