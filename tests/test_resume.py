@@ -44,3 +44,30 @@ def test_bad_mode_and_bad_fixed_field():
         resolve_resume(AdamConfig(), AdamConfig(), "latest")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
         AdamConfig(fixed_fields=["learning_rat"])
+
+
+@pytest.mark.parametrize("cls", [AdamConfig, LionConfig])
+def test_with_schedule_step_moves_the_schedule_and_nothing_else(cls):
+    """A fresh state moved to step 40 takes step 41 at the schedule's value for count 40 (warmup
+    20, cosine to 100), with moments that start from zero (Adam's bias correction at count 1)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from marin_optim import hyperparams
+    from marin_optim.state import with_schedule_step
+
+    cfg = cls(learning_rate=1e-2, warmup=20, weight_decay=0.0, max_grad_norm=None)
+    tx = cfg.build(100)
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.full(3, 0.5)}
+    moved = with_schedule_step(tx.init(params), 40)
+    updates, state = tx.update(grads, moved, params)
+    expected_lr = float(cfg.lr_scheduler(100)(40))
+    assert float(hyperparams(state)["learning_rate"]) == pytest.approx(expected_lr, rel=1e-6)
+    # The direction is that of a first step: Adam's bias-corrected first step is sign(g), Lion's too.
+    np.testing.assert_allclose(np.asarray(updates["w"]), -expected_lr * np.ones(3), rtol=1e-5)
+    with pytest.raises(ValueError, match="inject_hyperparams"):
+        with_schedule_step(optax.sgd(0.1).init(params), 40)
+    assert jax.tree.structure(moved) == jax.tree.structure(tx.init(params))

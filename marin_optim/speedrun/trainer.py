@@ -155,6 +155,8 @@ def preflight(cfg: SpeedrunConfig) -> Plan:
         resume_step = latest
         optimizer, reset = resolve_resumed_optimizer(cfg, resume_meta.get("config", {}), latest)
         check_state_fits(cfg.model, None if reset else optimizer, t.num_train_steps, saved_arrays, latest)
+        if reset:
+            check_schedule_can_continue(cfg.model, optimizer, t.num_train_steps)
     elif not cfg.resume and latest is not None and not cfg.overwrite:
         unfinished = (run_dir / res.PARTIAL_METRICS).exists() or not (run_dir / res.RESULTS).exists()
         if unfinished:
@@ -252,6 +254,20 @@ def check_state_fits(
         f"resume from the checkpoint at step {step}: the saved state does not fit this model and "
         f"optimizer ({'; '.join(parts)}); pass --reset_optimizer_state true to keep only the parameters"
     )
+
+
+def check_schedule_can_continue(model: Any, optimizer: OptimizerConfig, num_train_steps: int) -> None:
+    """A reset optimizer state continues the schedule at the checkpoint's step, which needs the
+    step count that ``inject_hyperparams`` keeps (every built-in optimizer has one)."""
+    opt_state = jax.eval_shape(optimizer.build(num_train_steps).init, abstract_params(model))
+    try:
+        jax.eval_shape(functools.partial(with_schedule_step, step=1), opt_state)
+    except ValueError:
+        raise ConfigError(
+            f"reset_optimizer_state=true: the state of optimizer {type(optimizer).__name__} has no "
+            "inject_hyperparams step count, so its schedule could not continue at the checkpoint's step; "
+            "build it with optax.inject_hyperparams (as OptimizerConfig.build does)"
+        ) from None
 
 
 def abstract_params(model: Any) -> Transformer:
