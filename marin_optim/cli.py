@@ -20,7 +20,7 @@ import draccus
 import yaml
 
 from marin_optim.config import OptimizerConfig, check_num_train_steps
-from marin_optim.errors import ConfigError, did_you_mean
+from marin_optim.errors import ConfigError, config_error_in, did_you_mean
 
 T = TypeVar("T")
 PROG = "marin-optim"
@@ -167,14 +167,12 @@ def _kind(base: type) -> str:
 
 def _root_error(e: BaseException) -> BaseException:
     """The innermost ConfigError in an exception's cause chain, else the innermost error."""
-    seen: BaseException | None = e
-    innermost = e
-    while seen is not None:
-        if isinstance(seen, ConfigError):
-            return seen
-        innermost = seen
-        seen = seen.__cause__ or seen.__context__
-    return innermost
+    found = config_error_in(e)
+    if found is not None:
+        return found
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    return e
 
 
 def one_line(e: BaseException) -> str:

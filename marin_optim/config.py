@@ -34,7 +34,7 @@ import optax
 import yaml
 
 from marin_optim import _checks
-from marin_optim.errors import ConfigError, did_you_mean
+from marin_optim.errors import ConfigError, decode_config, did_you_mean
 from marin_optim.params import weight_decay_mask
 from marin_optim.schedules import (
     ScheduleConfig,
@@ -544,17 +544,7 @@ class OptimizerConfig(draccus.ChoiceRegistry):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OptimizerConfig:
         """The inverse of :meth:`to_dict` (``type`` picks the class; bad input is a ConfigError)."""
-        try:
-            return draccus.decode(OptimizerConfig, dict(data))
-        except ConfigError:
-            raise
-        except Exception as e:
-            cause: BaseException | None = e
-            while cause is not None:
-                if isinstance(cause, ConfigError):
-                    raise cause from None
-                cause = cause.__cause__ or cause.__context__
-            raise ConfigError(" ".join(str(e).split())) from None
+        return decode_config(OptimizerConfig, dict(data))
 
     @classmethod
     def from_yaml(cls, text: str) -> OptimizerConfig:

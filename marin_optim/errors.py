@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -12,6 +15,29 @@ class ConfigError(ValueError):
     Raised at construction or at ``build`` time, always before anything is compiled. The CLI
     prints the message on one line and exits with status 2.
     """
+
+
+def config_error_in(e: BaseException) -> ConfigError | None:
+    """The first :class:`ConfigError` along ``e``'s cause/context chain (draccus wraps ours)."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, ConfigError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def decode_config(cls: type[T], data: Any) -> T:
+    """``draccus.decode(cls, data)`` where any failure is a one-line :class:`ConfigError`."""
+    import draccus
+
+    try:
+        return draccus.decode(cls, data)
+    except Exception as e:
+        found = config_error_in(e)
+        if found is not None:
+            raise found from None
+        raise ConfigError(" ".join(str(e).split())) from None
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:

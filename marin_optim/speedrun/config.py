@@ -17,7 +17,7 @@ from typing import Any, Literal
 import draccus
 
 from marin_optim.config import OptimizerConfig
-from marin_optim.errors import ConfigError
+from marin_optim.errors import ConfigError, decode_config
 from marin_optim.speedrun.data import DataConfig
 from marin_optim.speedrun.mesh import MeshConfig
 from marin_optim.speedrun.model import ModelConfig
@@ -202,17 +202,7 @@ class SpeedrunConfig:
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> SpeedrunConfig:
-        try:
-            return draccus.decode(SpeedrunConfig, data)
-        except ConfigError:
-            raise
-        except Exception as e:
-            cause: BaseException | None = e
-            while cause is not None:
-                if isinstance(cause, ConfigError):
-                    raise cause from None
-                cause = cause.__cause__ or cause.__context__
-            raise ConfigError(" ".join(str(e).split())) from None
+        return decode_config(SpeedrunConfig, data)
 
     @staticmethod
     def from_yaml(text: str) -> SpeedrunConfig:
