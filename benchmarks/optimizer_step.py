@@ -70,6 +70,7 @@ import optax
 
 from marin_optim import OptimizerConfig
 from marin_optim.transforms.clipping import global_norm
+from marin_optim.xla import cpu_multi_output_fusion_enabled, enable_cpu_multi_output_fusion
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NUM_TRAIN_STEPS = 10_000
@@ -849,8 +850,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--out", default=None, help="JSON output path ('' to skip writing)")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--cpu-fusion",
+        choices=("on", "off"),
+        default="on",
+        help="on: switch XLA:CPU multi-output fusion on, as `marin-optim speedrun` does "
+        "(marin_optim/xla.py); off: leave XLA_FLAGS as they are",
+    )
     args = parser.parse_args(argv)
 
+    cpu_fusion = (
+        enable_cpu_multi_output_fusion() if args.cpu_fusion == "on" else cpu_multi_output_fusion_enabled()
+    )
     device = jax.devices()[0]
     platform_name = device.platform
     global WARMUP_SECONDS
@@ -894,7 +905,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"device: {device.device_kind} ({platform_name}), {threads} cores visible; "
         f"tree: {n_params / 1e6:.1f}M params, {len(jax.tree.leaves(params))} leaves "
         f"(d={shape.hidden}, ffn={shape.intermediate}, layers={shape.layers}, vocab={shape.vocab}"
-        f"{', stacked' if args.stacked else ''}); rounds={args.rounds} reps={args.reps}",
+        f"{', stacked' if args.stacked else ''}); rounds={args.rounds} reps={args.reps}"
+        + (
+            f"; XLA:CPU multi-output fusion {'on' if cpu_fusion else 'off'}" if platform_name == "cpu" else ""
+        ),
         flush=True,
     )
     if torch_note:
@@ -929,6 +943,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "device": device.device_kind,
             "platform": platform_name,
             "cores": threads,
+            "xla_cpu_multi_output_fusion": platform_name == "cpu" and cpu_fusion,
             "host": platform.node(),
             "jax": jax.__version__,
             "optax": optax.__version__,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from marin_optim.errors import ConfigError
 
 PROG = "marin-optim"
+TRAINING_VERBS = ("speedrun", "compare")
 
 
 def _parse(argv: Sequence[str]):
@@ -55,7 +56,12 @@ def _print_help(verb: str) -> None:
 
 def _guarded(verb: str, body: Callable[[], object]) -> int:
     """Runs ``body`` with the CLI's error contract: bad input -> one line and 2; a run stopped by
-    its non-finite guard -> one line and 1; Ctrl-C -> 130."""
+    its non-finite guard -> one line and 1; Ctrl-C -> 130. Training verbs first switch on
+    XLA:CPU multi-output fusion for this process (:mod:`marin_optim.xla`)."""
+    if verb in TRAINING_VERBS:
+        from marin_optim.xla import configure_training_process
+
+        configure_training_process()
     from marin_optim.transforms.guards import NonFiniteError
 
     try:

@@ -57,6 +57,7 @@ from marin_optim.speedrun.model import VOCAB_SIZE, Transformer, cast_floating, n
 from marin_optim.speedrun.plots import Curve, plot_curves
 from marin_optim.state import hyperparams, with_schedule_step
 from marin_optim.transforms.guards import check_nonfinite_run
+from marin_optim.xla import cpu_multi_output_fusion_enabled
 
 Hook = Callable[[int], None]
 """Called with the step number after each step's logging, evaluation and checkpoint."""
@@ -716,6 +717,7 @@ def build_run_info(
         "num_processes": jax.process_count(),
         "mesh": {"data": plan.mesh_shape[0], "model": plan.mesh_shape[1]},
         "device_type": f"{device.platform}:{getattr(device, 'device_kind', '')}",
+        "xla_cpu_multi_output_fusion": device.platform == "cpu" and cpu_multi_output_fusion_enabled(),
         "device_flops": None,
         "training_hardware_flops": None,
         "compute_dtype": jnp.dtype(plan.compute_dtype).name,
@@ -807,7 +809,12 @@ def _header(cfg: SpeedrunConfig, plan: Plan, dataset: TokenDataset) -> str:
         f"{t.num_train_steps * t.tokens_per_step / 1e6:.2f}M tokens; grad_accum {t.grad_accum}",
         f"  mesh: data={plan.mesh_shape[0]} model={plan.mesh_shape[1]} "
         f"over {jax.process_count()} process(es), {jax.devices()[0].platform}; "
-        f"compute {jnp.dtype(plan.compute_dtype).name}, params/optimizer float32",
+        f"compute {jnp.dtype(plan.compute_dtype).name}, params/optimizer float32"
+        + (
+            f"; XLA:CPU multi-output fusion {'on' if cpu_multi_output_fusion_enabled() else 'off'}"
+            if jax.default_backend() == "cpu"
+            else ""
+        ),
         f"  run dir: {plan.run_dir}",
     ]
     return "\n".join(lines)
