@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-FLAG = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
+from marin_optim.xla import with_multi_output_fusion  # noqa: E402
 
 
 def _train_worker(steps: int) -> dict[str, float]:
@@ -86,7 +86,7 @@ def _optimizer_worker(reps: int) -> dict[str, float]:
 def _run_worker(kind: str, fusion: bool, args: argparse.Namespace) -> dict[str, float]:
     env = dict(os.environ)
     flags = " ".join(t for t in env.get("XLA_FLAGS", "").split() if "xla_backend_extra_options" not in t)
-    env["XLA_FLAGS"] = f"{flags} {FLAG}".strip() if fusion else flags
+    env["XLA_FLAGS"] = with_multi_output_fusion(flags) if fusion else flags
     env["MARIN_OPTIM_CPU_MULTI_OUTPUT_FUSION"] = "0"  # nothing in the worker flips the setting
     env.setdefault("JAX_PLATFORMS", "cpu")
     cmd = [sys.executable, __file__, "--worker", kind, "--steps", str(args.steps), "--reps", str(args.reps)]

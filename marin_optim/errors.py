@@ -19,10 +19,12 @@ class ConfigError(ValueError):
 
 def config_error_in(e: BaseException) -> ConfigError | None:
     """The first :class:`ConfigError` along ``e``'s cause/context chain (draccus wraps ours)."""
+    seen: set[int] = set()
     cause: BaseException | None = e
-    while cause is not None:
+    while cause is not None and id(cause) not in seen:  # a chain can loop back on itself
         if isinstance(cause, ConfigError):
             return cause
+        seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     return None
 

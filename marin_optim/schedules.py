@@ -67,7 +67,7 @@ from marin_optim._checks import (
     is_int,
     is_real,
 )
-from marin_optim.errors import ConfigError, did_you_mean
+from marin_optim.errors import ConfigError, config_error_in, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -1207,17 +1207,6 @@ class SequentialSchedule(ScheduleConfig):
 # -- public functions --------------------------------------------------------------------------
 
 
-def _find_config_error(exc: BaseException) -> ConfigError | None:
-    seen = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        if isinstance(e, ConfigError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
-
-
 def _read_mapping(text: str) -> Mapping[str, Any] | None:
     """A mapping written as a Python literal (what draccus passes on) or as YAML (the CLI), else None."""
     import ast
@@ -1274,7 +1263,7 @@ def parse_schedule(
         try:
             return draccus.decode(cls, raw)
         except Exception as e:
-            found = _find_config_error(e)
+            found = config_error_in(e)
             if found is not None:
                 raise found from None
             message = " ".join(str(e).split())
