@@ -46,6 +46,7 @@ from marin_optim.schedules import (
 from marin_optim.state import GROUP_SEPARATOR
 from marin_optim.transforms.clipping import clip_by_global_norm
 from marin_optim.transforms.guards import find_guard_state, skip_step_guard, tree_select
+from marin_optim.transforms.single_pass import OnePassRule, single_pass
 
 logger = logging.getLogger(__name__)
 
@@ -419,7 +420,41 @@ class OptimizerConfig(draccus.ChoiceRegistry):
         tx = inject_hyperparams(make, schedules)
         if guarded and not self.skip_advances_schedule:
             tx = _hold_schedule_on_skip(tx)
-        return _own_state_buffers(tx)
+        tx = _own_state_buffers(tx)
+        rule = self.single_pass_rule()
+        if rule is None or self.single_pass_unsupported() is not None:
+            return tx
+        return single_pass(
+            tx,
+            rule,
+            max_grad_norm=self.max_grad_norm,
+            weight_decay_mask=(self.build_weight_decay_mask() or True) if self.uses_weight_decay else False,
+        )
+
+    def single_pass_rule(self) -> OnePassRule | None:
+        """The direction as a one-pass rule (:mod:`marin_optim.transforms.single_pass`), or ``None``.
+
+        When a config defines one (and :meth:`single_pass_unsupported` allows), :meth:`build`
+        computes each leaf's moments and update in one loop on XLA:CPU with multi-output fusion
+        on (:func:`~marin_optim.transforms.single_pass.single_pass_active`): the same rule and
+        state as the chain, equal to it up to float32 rounding.
+        """
+        return None
+
+    def single_pass_unsupported(self) -> str | None:
+        """Why :meth:`build` keeps the plain chain even where the one-pass form runs, or ``None``.
+
+        Subclasses add their own reasons (options their rule does not cover) before calling this.
+        """
+        cls = type(self)
+        owner = next(c for c in cls.__mro__ if "single_pass_rule" in vars(c))
+        if owner is OptimizerConfig or self.single_pass_rule() is None:
+            return f"{cls.__name__} has no one-pass rule for these options"
+        if self.group_overrides:
+            return "group_overrides"
+        if cls.direction is not owner.direction or cls.update_rule is not OptimizerConfig.update_rule:
+            return f"{cls.__name__} overrides direction() or update_rule()"
+        return None
 
     # -- parameter groups -------------------------------------------------------------------
 

@@ -6,13 +6,14 @@ is on; the pass is off by default and can only be switched on through ``XLA_FLAG
 its CPU backend. With it, loops that read the same arrays become one loop writing several
 outputs. Two consequences matter here:
 
-- AdamW can be one memory pass per parameter, like torch's fused kernel
-  (:func:`marin_optim.transforms.single_pass.single_pass_adamw`, which ``adam``/``adamw`` use
-  whenever the pass is on); the speedrun's whole train step runs faster too.
+- Elementwise optimizers can be one memory pass per parameter, like torch's fused kernels
+  (:mod:`marin_optim.transforms.single_pass`, which ``adam``/``adamw``, ``adamax``, ``lion``,
+  ``adagrad``, ``rmsprop``, ``rmsprop_plain`` and ``sgd`` use whenever the pass is on); the
+  speedrun's whole train step runs faster too.
 - The pass stops XLA from copying a cheap elementwise value into each loop that reads it: a
-  value read by two loops is written to a temporary buffer instead. The other optimizers'
-  clipped gradient ``g * scale`` (read by both moments) becomes such a temporary, so their
-  isolated optimizer step with clipping is slower than without the pass.
+  value read by two loops is written to a temporary buffer instead. In an optimizer without a
+  one-pass rule the clipped gradient ``g * scale`` (read by both moments) becomes such a
+  temporary, so its isolated optimizer step with clipping is slower than without the pass.
 
 Measured side by side in ``benchmarks/xla_cpu_fusion.py`` (README, Performance). Results agree
 to float32 rounding, not bitwise (loops are vectorized differently).

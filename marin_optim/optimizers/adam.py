@@ -8,7 +8,7 @@ import optax
 
 from marin_optim.config import OptimizerConfig, check_choice
 from marin_optim.transforms.adam import scale_by_adam
-from marin_optim.transforms.single_pass import single_pass_adamw
+from marin_optim.transforms.single_pass import OnePassRule, adamw_rule
 
 MOMENT_DTYPES = (None, "float32", "bfloat16")
 
@@ -60,37 +60,15 @@ class AdamConfig(OptimizerConfig):
             nu_dtype=self.nu_dtype,
         )
 
+    def single_pass_rule(self) -> OnePassRule:
+        return adamw_rule(self.beta1, self.beta2, self.epsilon)
+
     def single_pass_unsupported(self) -> str | None:
-        """Why :meth:`build` cannot use the one-pass form, or ``None`` when it can."""
         if self.nesterov:
             return "nesterov"
         if self.mu_dtype not in (None, "float32") or self.nu_dtype not in (None, "float32"):
             return "moments stored in bfloat16"
-        if self.group_overrides:
-            return "group_overrides"
-        cls = type(self)
-        if cls.direction is not AdamConfig.direction or cls.update_rule is not OptimizerConfig.update_rule:
-            return f"{cls.__name__} overrides direction() or update_rule()"
-        return None
-
-    def build(self, num_train_steps: int) -> optax.GradientTransformationExtraArgs:
-        """The template's build; on XLA:CPU with multi-output fusion, one memory pass per leaf.
-
-        Where :meth:`single_pass_unsupported` allows, the moments and the update are computed by
-        :func:`~marin_optim.transforms.single_pass.single_pass_adamw` (the same rule and state,
-        equal up to float32 rounding) whenever :func:`~marin_optim.transforms.single_pass.single_pass_active`.
-        """
-        tx = super().build(num_train_steps)
-        if self.single_pass_unsupported() is not None:
-            return tx
-        return single_pass_adamw(
-            tx,
-            b1=self.beta1,
-            b2=self.beta2,
-            eps=self.epsilon,
-            max_grad_norm=self.max_grad_norm,
-            weight_decay_mask=(self.build_weight_decay_mask() or True) if self.uses_weight_decay else False,
-        )
+        return super().single_pass_unsupported()
 
 
 @OptimizerConfig.register_subclass("adamw")

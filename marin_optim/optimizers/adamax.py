@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import optax
 
 from marin_optim.config import OptimizerConfig
+from marin_optim.transforms.single_pass import OnePassRule, adamax_rule
 
 GROUP = "Adam family"
 
@@ -34,3 +35,6 @@ class AdamaxConfig(OptimizerConfig):
 
     def direction(self) -> optax.GradientTransformation:
         return optax.scale_by_adamax(self.beta1, self.beta2, self.epsilon)
+
+    def single_pass_rule(self) -> OnePassRule:
+        return adamax_rule(self.beta1, self.beta2, self.epsilon)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import optax
 
 from marin_optim.config import OptimizerConfig
+from marin_optim.transforms.single_pass import OnePassRule, lion_rule
 
 GROUP = "Sign-based"
 
@@ -38,3 +39,6 @@ class LionConfig(OptimizerConfig):
 
     def direction(self) -> optax.GradientTransformation:
         return optax.scale_by_lion(self.beta1, self.beta2)
+
+    def single_pass_rule(self) -> OnePassRule:
+        return lion_rule(self.beta1, self.beta2)

@@ -17,6 +17,12 @@ from marin_optim.config import OptimizerConfig, check_positive, check_range
 from marin_optim.transforms.adafactor import scale_by_adafactor
 from marin_optim.transforms.adagrad import scale_by_adagrad
 from marin_optim.transforms.rmsprop import scale_by_rmsprop_momentum
+from marin_optim.transforms.single_pass import (
+    OnePassRule,
+    adagrad_rule,
+    rms_rule,
+    rmsprop_momentum_rule,
+)
 
 GROUP = "Adagrad / RMSprop family"
 
@@ -51,6 +57,9 @@ class AdagradConfig(OptimizerConfig):
 
     def direction(self) -> optax.GradientTransformation:
         return scale_by_adagrad(self.initial_accumulator_value, self.epsilon, self.lr_decay)
+
+    def single_pass_rule(self) -> OnePassRule:
+        return adagrad_rule(self.epsilon, self.lr_decay)
 
 
 @OptimizerConfig.register_subclass("adadelta")
@@ -108,6 +117,9 @@ class RMSPropMomentumConfig(OptimizerConfig):
     def direction(self) -> optax.GradientTransformation:
         return scale_by_rmsprop_momentum(self.beta1, self.beta2, self.eps)
 
+    def single_pass_rule(self) -> OnePassRule:
+        return rmsprop_momentum_rule(self.beta1, self.beta2, self.eps)
+
 
 @OptimizerConfig.register_subclass("rmsprop_plain")
 @dataclass(frozen=True)
@@ -145,6 +157,12 @@ class RMSPropConfig(OptimizerConfig):
         if self.momentum > 0:
             parts.append(optax.trace(decay=self.momentum))
         return optax.chain(*parts)
+
+    def single_pass_rule(self) -> OnePassRule | None:
+        return None if self.centered else rms_rule(self.beta2, self.epsilon, self.momentum)
+
+    def single_pass_unsupported(self) -> str | None:
+        return "centered" if self.centered else super().single_pass_unsupported()
 
 
 @OptimizerConfig.register_subclass("adafactor")

@@ -8,6 +8,7 @@ import optax
 
 from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
+from marin_optim.transforms.single_pass import OnePassRule, sgd_rule
 
 GROUP = "SGD family"
 
@@ -46,3 +47,7 @@ class SGDConfig(OptimizerConfig):
         if self.momentum == 0:
             return optax.identity()
         return optax.trace(decay=self.momentum, nesterov=self.nesterov)
+
+    def single_pass_rule(self) -> OnePassRule | None:
+        # Without momentum the clipped gradient has one reader: the chain is already one loop.
+        return sgd_rule(self.momentum, self.nesterov) if self.momentum > 0 else None
