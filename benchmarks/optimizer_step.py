@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from marin_optim import OptimizerConfig
+from marin_optim import OptimizerConfig, host
 from marin_optim.transforms.clipping import global_norm
 from marin_optim.xla import cpu_multi_output_fusion_enabled, enable_cpu_multi_output_fusion
 
@@ -857,7 +857,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="on: switch XLA:CPU multi-output fusion on, as `marin-optim speedrun` does "
         "(marin_optim/xla.py); off: leave XLA_FLAGS as they are",
     )
+    parser.add_argument(
+        "--malloc-hugepages",
+        choices=("on", "off"),
+        default="on",
+        help="on: run as `marin-optim speedrun` does, restarting with glibc malloc's huge pages where "
+        "that helps (marin_optim/host.py; only when run as a program); off: as started",
+    )
     args = parser.parse_args(argv)
+    if argv is None and args.malloc_hugepages == "on":
+        host.reexec_with_malloc_hugepages()
 
     cpu_fusion = (
         enable_cpu_multi_output_fusion() if args.cpu_fusion == "on" else cpu_multi_output_fusion_enabled()
@@ -907,7 +916,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"(d={shape.hidden}, ffn={shape.intermediate}, layers={shape.layers}, vocab={shape.vocab}"
         f"{', stacked' if args.stacked else ''}); rounds={args.rounds} reps={args.reps}"
         + (
-            f"; XLA:CPU multi-output fusion {'on' if cpu_fusion else 'off'}" if platform_name == "cpu" else ""
+            f"; XLA:CPU multi-output fusion {'on' if cpu_fusion else 'off'}; "
+            f"malloc huge pages {'on' if host.malloc_hugepages() else 'off'}"
+            if platform_name == "cpu"
+            else ""
         ),
         flush=True,
     )
@@ -944,6 +956,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "platform": platform_name,
             "cores": threads,
             "xla_cpu_multi_output_fusion": platform_name == "cpu" and cpu_fusion,
+            "malloc_hugepages": host.malloc_hugepages(),
             "host": platform.node(),
             "jax": jax.__version__,
             "optax": optax.__version__,

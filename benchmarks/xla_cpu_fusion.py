@@ -1,9 +1,13 @@
-"""XLA:CPU multi-output fusion on against off: the speedrun's train step and the AdamW step.
+"""Process-wide CPU settings on against off: the speedrun's train step and the AdamW step.
 
-The pass can only be chosen per process (``XLA_FLAGS``, read when the backend starts; see
-``marin_optim/xla.py``), so each measurement runs in a fresh worker process with the pass on or
-off, and the two settings alternate within every round (which one goes first alternates too),
-so that machine noise hits both. Ratios are on / off (above 1: the pass is faster).
+``--compare fusion`` (default): XLA:CPU multi-output fusion (``XLA_FLAGS``, read when the backend
+starts; ``marin_optim/xla.py``), with malloc's huge pages as the parent process has them.
+``--compare hugepages``: glibc malloc's transparent huge pages (``GLIBC_TUNABLES``, read when the
+process starts; ``marin_optim/host.py``), with multi-output fusion on in both.
+
+Either can only be chosen per process, so each measurement runs in a fresh worker process with
+the setting on or off, and the two alternate within every round (which one goes first
+alternates too), so that machine noise hits both. Ratios are on / off (above 1: on is faster).
 
 - ``train``: tokens/s of ``run_speedrun`` (default model and optimizer, ``--steps`` steps, as
   in ``benchmarks/speedrun_overhead.py``), plus the final training loss of each run (the pass
@@ -15,6 +19,7 @@ so that machine noise hits both. Ratios are on / off (above 1: the pass is faste
 
     python benchmarks/xla_cpu_fusion.py                      # 3 rounds of both
     python benchmarks/xla_cpu_fusion.py --only train --rounds 5
+    python benchmarks/xla_cpu_fusion.py --compare hugepages --only train
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from marin_optim import host  # noqa: E402
 from marin_optim.xla import with_multi_output_fusion  # noqa: E402
 
 
 def _train_worker(steps: int) -> dict[str, float]:
+    import resource
     import tempfile
 
     import speedrun_overhead as so
@@ -58,10 +65,18 @@ def _train_worker(steps: int) -> dict[str, float]:
         if "final train loss" in message:
             losses.append(message.split("final train loss", 1)[1].split(";", 1)[0].strip())
 
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     with tempfile.TemporaryDirectory() as tmp:
         run_speedrun(cfg.replace(output_dir=os.path.join(tmp, "run")), hooks=[clock.mark], log=log)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     wall, window, cpu = clock.rates(cfg.train.tokens_per_step, so.SKIP, steps - 1)
-    return {"tokens_per_s": wall, "best_window": window, "tokens_per_cpu_s": cpu, "final_loss": losses[-1]}
+    return {
+        "tokens_per_s": wall,
+        "best_window": window,
+        "tokens_per_cpu_s": cpu,
+        "final_loss": losses[-1],
+        "page_faults_per_step": faults / steps,
+    }
 
 
 def _optimizer_worker(reps: int) -> dict[str, float]:
@@ -83,16 +98,23 @@ def _optimizer_worker(reps: int) -> dict[str, float]:
     return result
 
 
-def _run_worker(kind: str, fusion: bool, args: argparse.Namespace) -> dict[str, float]:
+def _run_worker(kind: str, on: bool, args: argparse.Namespace) -> dict[str, float]:
     env = dict(os.environ)
     flags = " ".join(t for t in env.get("XLA_FLAGS", "").split() if "xla_backend_extra_options" not in t)
+    fusion = on if args.compare == "fusion" else True
     env["XLA_FLAGS"] = with_multi_output_fusion(flags) if fusion else flags
+    if args.compare == "hugepages":
+        others = ":".join(
+            t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith(host.TUNABLE)
+        )
+        env["GLIBC_TUNABLES"] = host.with_tunable(others) if on else others
     env["MARIN_OPTIM_CPU_MULTI_OUTPUT_FUSION"] = "0"  # nothing in the worker flips the setting
     env.setdefault("JAX_PLATFORMS", "cpu")
     cmd = [sys.executable, __file__, "--worker", kind, "--steps", str(args.steps), "--reps", str(args.reps)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"{kind} worker (fusion {'on' if fusion else 'off'}) failed:\n{proc.stderr[-3000:]}")
+        setting = f"{args.compare} {'on' if on else 'off'}"
+        raise SystemExit(f"{kind} worker ({setting}) failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -102,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="train steps per speedrun worker")
     parser.add_argument("--reps", type=int, default=5, help="timed steps per optimizer row")
     parser.add_argument("--only", choices=("train", "optimizer"), default=None)
+    parser.add_argument("--compare", choices=("fusion", "hugepages"), default="fusion")
     parser.add_argument("--worker", choices=("train", "optimizer"), default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker == "train":
@@ -112,20 +135,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     kinds = [args.only] if args.only else ["train", "optimizer"]
-    print(
-        f"XLA:CPU multi-output fusion, on vs off; {args.rounds} rounds; load average {os.getloadavg()[0]:.1f}"
-    )
+    what = {"fusion": "XLA:CPU multi-output fusion", "hugepages": "malloc huge pages"}[args.compare]
+    if args.compare == "hugepages" and host.thp_mode() != "madvise":
+        print(f"note: transparent huge pages are {host.thp_mode()}: the tunable changes nothing here")
+    print(f"{what}, on vs off; {args.rounds} rounds; load average {os.getloadavg()[0]:.1f}")
     results: dict[str, dict[bool, list[dict[str, float]]]] = {k: {True: [], False: []} for k in kinds}
     for r in range(args.rounds):
         for kind in kinds:
-            for fusion in (True, False) if r % 2 == 0 else (False, True):
-                results[kind][fusion].append(_run_worker(kind, fusion, args))
+            for on in (True, False) if r % 2 == 0 else (False, True):
+                results[kind][on].append(_run_worker(kind, on, args))
         line = []
         if "train" in results:
             on, off = results["train"][True][-1], results["train"][False][-1]
             line.append(
                 f"train tokens/s on {on['tokens_per_s']:,.0f} off {off['tokens_per_s']:,.0f} "
-                f"(loss {on['final_loss']} / {off['final_loss']})"
+                f"(loss {on['final_loss']} / {off['final_loss']}; page faults/step "
+                f"{on['page_faults_per_step']:,.0f} / {off['page_faults_per_step']:,.0f})"
             )
         if "optimizer" in results:
             on, off = results["optimizer"][True][-1], results["optimizer"][False][-1]
@@ -141,12 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         per_round = [(a[key] / b[key]) if higher_is_better else (b[key] / a[key]) for a, b in pairs]
         return statistics.median(per_round)
 
-    print("\nratio on / off, median of rounds (above 1: multi-output fusion is faster)")
+    print(f"\nratio on / off, median of rounds (above 1: {what} on is faster)")
     if "train" in results:
         same = {x["final_loss"] for x in results["train"][True] + results["train"][False]}
         print(f"  speedrun train step, wall tokens/s     {ratio('train', 'tokens_per_s', True):.3f}")
         print(f"  speedrun train step, tokens per CPU-s  {ratio('train', 'tokens_per_cpu_s', True):.3f}")
         print(f"  final training losses: {sorted(same)} ({'identical' if len(same) == 1 else 'DIFFERENT'})")
+        runs = results["train"]
+        faults = {k: statistics.median(r["page_faults_per_step"] for r in runs[k]) for k in (True, False)}
+        print(f"  page faults per train step (median): on {faults[True]:,.0f}, off {faults[False]:,.0f}")
     if "optimizer" in results:
         # Step times in separate processes swing by 1.5x (memory placement), so the optimizer is
         # compared through its in-process ratio to torch's fused AdamW under each setting.

@@ -446,7 +446,21 @@ def _load_plugins() -> None:
         ep.load()
 
 
+def _verb(argv: Sequence[str]) -> str | None:
+    """The verb of a command line, past any leading ``--import X`` pairs."""
+    i = 0
+    while i < len(argv) and argv[i] in ("--import", "-i"):
+        i += 2
+    return argv[i] if i < len(argv) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the program itself (not a call from Python): training verbs restart with huge pages
+        from marin_optim.host import reexec_with_malloc_hugepages
+        from marin_optim.speedrun.cli import TRAINING_VERBS
+
+        if _verb(sys.argv[1:]) in TRAINING_VERBS:
+            reexec_with_malloc_hugepages()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _load_plugins()

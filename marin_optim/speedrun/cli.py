@@ -123,6 +123,10 @@ def run_script(config, argv: Sequence[str] | None = None) -> int:
     import os
     import tempfile
 
+    if argv is None:  # the script run as a program: restart with huge pages (marin_optim/host.py)
+        from marin_optim.host import reexec_with_malloc_hugepages
+
+        reexec_with_malloc_hugepages()
     argv = list(sys.argv[1:] if argv is None else argv)
     if _wants_help(argv):
         _print_help("speedrun")

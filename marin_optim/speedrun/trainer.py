@@ -42,6 +42,7 @@ import optax
 from marin_optim.config import OptimizerConfig, resolve_resume
 from marin_optim.config import config_differences as optimizer_differences
 from marin_optim.errors import ConfigError
+from marin_optim.host import malloc_hugepages
 from marin_optim.speedrun import results as res
 from marin_optim.speedrun.checkpoint import Checkpointer
 from marin_optim.speedrun.config import SpeedrunConfig, config_differences
@@ -718,6 +719,7 @@ def build_run_info(
         "mesh": {"data": plan.mesh_shape[0], "model": plan.mesh_shape[1]},
         "device_type": f"{device.platform}:{getattr(device, 'device_kind', '')}",
         "xla_cpu_multi_output_fusion": device.platform == "cpu" and cpu_multi_output_fusion_enabled(),
+        "malloc_hugepages": malloc_hugepages(),
         "device_flops": None,
         "training_hardware_flops": None,
         "compute_dtype": jnp.dtype(plan.compute_dtype).name,
@@ -814,7 +816,8 @@ def _header(cfg: SpeedrunConfig, plan: Plan, dataset: TokenDataset) -> str:
             f"; XLA:CPU multi-output fusion {'on' if cpu_multi_output_fusion_enabled() else 'off'}"
             if jax.default_backend() == "cpu"
             else ""
-        ),
+        )
+        + f"; malloc huge pages {'on' if malloc_hugepages() else 'off'}",
         f"  run dir: {plan.run_dir}",
     ]
     return "\n".join(lines)
