@@ -123,12 +123,23 @@ class ModelShape:
             "post_attn_norm": (d,),
         }
 
-    def shapes(self, stacked: bool = False) -> dict[str, Any]:
-        """Nested dict of shapes: per-layer leaves, or one leaf per kind stacked over layers."""
-        if stacked:
-            layers: Any = jax.tree.map(
-                lambda s: (self.layers, *s), self.layer_shapes(), is_leaf=lambda x: isinstance(x, tuple)
-            )
+    def shapes(self, layout: str = "llama") -> dict[str, Any]:
+        """Nested dict of shapes, in one of :data:`LAYOUTS`.
+
+        ``llama``: per-layer leaves; ``stacked``: one leaf per kind stacked over layers (scan
+        layout); ``uniform``: as many leaves as ``llama``, all of one ``(rows, hidden)`` shape,
+        about the same parameter count; ``single``: one ``(rows, hidden)`` leaf of about that
+        count. The last two separate the cost of the Llama tree's mix of shapes from the cost
+        of the traffic alone.
+        """
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS}")
+        if layout in ("uniform", "single"):
+            leaves = 1 if layout == "single" else len(jax.tree.leaves(self.shapes(), is_leaf=_is_shape))
+            rows = max(1, round(self.num_params() / leaves / self.hidden))
+            return {f"w{i:03d}": (rows, self.hidden) for i in range(leaves)}
+        if layout == "stacked":
+            layers: Any = jax.tree.map(lambda s: (self.layers, *s), self.layer_shapes(), is_leaf=_is_shape)
         else:
             layers = [self.layer_shapes() for _ in range(self.layers)]
         return {
@@ -138,9 +149,16 @@ class ModelShape:
             "lm_head": (self.hidden, self.vocab),
         }
 
-    def num_params(self) -> int:
-        leaves = jax.tree.leaves(self.shapes(), is_leaf=lambda x: isinstance(x, tuple))
-        return sum(math.prod(s) for s in leaves)
+    def num_params(self, layout: str = "llama") -> int:
+        return sum(math.prod(s) for s in jax.tree.leaves(self.shapes(layout), is_leaf=_is_shape))
+
+
+LAYOUTS = ("llama", "stacked", "uniform", "single")
+"""Parameter-tree layouts of :meth:`ModelShape.shapes` (``--layout``)."""
+
+
+def _is_shape(x: Any) -> bool:
+    return isinstance(x, tuple)
 
 
 def llama_shape(target: int, vocab: int = 32_000) -> ModelShape:
@@ -171,7 +189,7 @@ def llama_shape(target: int, vocab: int = 32_000) -> ModelShape:
 
 
 def _per_layer(shape: ModelShape) -> int:
-    leaves = jax.tree.leaves(shape.layer_shapes(), is_leaf=lambda x: isinstance(x, tuple))
+    leaves = jax.tree.leaves(shape.layer_shapes(), is_leaf=_is_shape)
     return sum(math.prod(s) for s in leaves)
 
 
@@ -186,7 +204,7 @@ def parse_count(text: str) -> int:
 
 def make_tree(shapes: Any, key: jax.Array, scale: float, dtype: Any, device: Any) -> Any:
     """Random normal leaves of the given shapes, scaled, placed on ``device``."""
-    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    leaves, treedef = jax.tree.flatten(shapes, is_leaf=_is_shape)
     keys = jax.random.split(key, len(leaves))
     out = [
         jax.device_put(scale * jax.random.normal(k, s, jnp.float32), device).astype(dtype)
@@ -513,7 +531,7 @@ class TorchContext:
             self.device = torch.device("cuda")
         else:
             raise RuntimeError(f"no torch device matching JAX's {platform_name!r}")
-        self.shapes = jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))
+        self.shapes = jax.tree.leaves(shapes, is_leaf=_is_shape)
 
     def _tensors(self, grad_norm: float) -> list[Any]:
         torch = self.torch
@@ -832,8 +850,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--vocab", type=int, default=32_000)
     parser.add_argument(
-        "--stacked", action="store_true", help="stack layers along a leading axis (scan layout)"
+        "--layout",
+        choices=LAYOUTS,
+        default="llama",
+        help="parameter tree: per-layer leaves (llama), stacked over layers (scan layout), as many "
+        "equal leaves (uniform) or one leaf (single) of about the same size",
     )
+    parser.add_argument("--stacked", action="store_true", help="the same as --layout stacked")
     parser.add_argument(
         "--optimizers", default=None, help="comma-separated names (default: every registered one)"
     )
@@ -884,8 +907,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.params is None:
         args.params = 50_000_000 if platform_name == "cpu" else 1_000_000_000
     shape = llama_shape(args.params, args.vocab)
-    shapes = shape.shapes(stacked=args.stacked)
-    n_params = shape.num_params()
+    if args.stacked:
+        args.layout = "stacked"
+    shapes = shape.shapes(args.layout)
+    n_params = shape.num_params(args.layout)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
     registered = OptimizerConfig.registered()
@@ -914,7 +939,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"device: {device.device_kind} ({platform_name}), {threads} cores visible; "
         f"tree: {n_params / 1e6:.1f}M params, {len(jax.tree.leaves(params))} leaves "
         f"(d={shape.hidden}, ffn={shape.intermediate}, layers={shape.layers}, vocab={shape.vocab}"
-        f"{', stacked' if args.stacked else ''}); rounds={args.rounds} reps={args.reps}"
+        f", layout {args.layout}); rounds={args.rounds} reps={args.reps}"
         + (
             f"; XLA:CPU multi-output fusion {'on' if cpu_fusion else 'off'}; "
             f"malloc huge pages {'on' if host.malloc_hugepages() else 'off'}"
@@ -965,7 +990,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "n_params": n_params,
             "n_leaves": len(jax.tree.leaves(params)),
             "shape": dataclasses.asdict(shape),
-            "stacked": args.stacked,
+            "layout": args.layout,
             "rounds": args.rounds,
             "reps": args.reps,
             "nominal_bandwidth_gbps": nominal,

@@ -313,6 +313,24 @@ def test_llama_shapes_hit_the_target(benchmark_module):
     assert benchmark_module.parse_count("1.5B") == 1_500_000_000
 
 
+def test_benchmark_layouts_keep_the_size(benchmark_module):
+    import jax
+
+    shape = benchmark_module.llama_shape(50_000_000)
+
+    def leaves(layout):
+        return jax.tree.leaves(shape.shapes(layout), is_leaf=benchmark_module._is_shape)
+
+    n = shape.num_params()
+    assert len(leaves("stacked")) == 12 and shape.num_params("stacked") == n
+    uniform = leaves("uniform")
+    assert len(uniform) == len(leaves("llama")) and len(set(uniform)) == 1
+    assert abs(shape.num_params("uniform") / n - 1) < 0.01
+    assert leaves("single") == [(round(n / shape.hidden), shape.hidden)]
+    with pytest.raises(ValueError, match="layout 'flat'"):
+        shape.shapes("flat")
+
+
 @pytest.mark.slow
 def test_benchmark_quick_run_writes_json(benchmark_module, tmp_path):
     out = tmp_path / "result.json"
