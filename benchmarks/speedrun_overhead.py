@@ -34,6 +34,7 @@ import jax
 import numpy as np
 import optax
 
+from marin_optim import host, xla
 from marin_optim.cli import parse_config
 from marin_optim.speedrun import SpeedrunConfig, run_speedrun
 from marin_optim.speedrun.data import SequenceSampler, load_dataset
@@ -132,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < SKIP + WINDOW + 2:
         parser.error(f"--steps must be at least {SKIP + WINDOW + 2}")
+    # The process as `marin-optim speedrun` sets it up (both loops share it): malloc's huge
+    # pages (restarts the program) and XLA:CPU multi-output fusion.
+    if argv is None:
+        host.reexec_with_malloc_hugepages()
+    fusion = xla.configure_training_process()
     cfg = parse_config(
         SpeedrunConfig,
         [
@@ -148,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"model {args.preset} ({cfg.model.num_parameters() / 1e6:.2f}M params), batch {args.batch_size} x "
         f"{args.seq_len}, {args.steps} steps, optimizer {cfg.optimizer_name}, {jax.devices()[0].platform}, "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"load average {os.getloadavg()[0]:.1f}; XLA:CPU multi-output fusion {'on' if fusion else 'off'}, "
+        f"malloc huge pages {'on' if host.malloc_hugepages() else 'off'}"
     )
     hand, trainer = [], []
     for r in range(args.rounds):
