@@ -432,8 +432,28 @@ def optax_alias(name: str, cfg: OptimizerConfig, lr: Any) -> optax.GradientTrans
 
 
 def _config(cls: type, **overrides: Any) -> OptimizerConfig:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in overrides.items() if k in names})
+    """``cls()`` with ``overrides`` applied to the fields it has."""
+    return _override(cls(), overrides)
+
+
+def _wrapped(cfg: OptimizerConfig) -> OptimizerConfig | None:
+    """A wrapper's (``cautious``, ``sam``) base, which holds the common fields; else None."""
+    base = getattr(cfg, "base", None)
+    return base if isinstance(base, OptimizerConfig) else None
+
+
+def _common(cfg: OptimizerConfig) -> OptimizerConfig:
+    """The config whose common fields (clip, schedule, guards) ``cfg`` builds with."""
+    base = _wrapped(cfg)
+    return cfg if base is None else _common(base)
+
+
+def _override(cfg: OptimizerConfig, overrides: dict[str, Any]) -> OptimizerConfig:
+    base = _wrapped(cfg)
+    if base is not None:
+        return dataclasses.replace(cfg, base=_override(base, overrides))
+    names = {f.name for f in dataclasses.fields(cfg)}
+    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k in names})
 
 
 BARE = dict(max_grad_norm=None, skip_nonfinite=False, lr_schedule="constant", warmup=0)
@@ -497,7 +517,7 @@ def build_rows(
                 params,
                 grads,
                 True,
-                cfg.max_grad_norm is not None,
+                _common(cfg).max_grad_norm is not None,
                 row,
             )
             ref = "bare" if label.startswith("bare") else "clip+sched"

@@ -331,6 +331,17 @@ def test_benchmark_layouts_keep_the_size(benchmark_module):
         shape.shapes("flat")
 
 
+@pytest.mark.parametrize("name", ["cautious", "sam"])
+def test_benchmark_bare_rows_of_a_wrapper_set_its_base(benchmark_module, name):
+    # A wrapper refuses the common fields itself: the bare row must reach its base.
+    bare = benchmark_module._config(OptimizerConfig.registered()[name], **benchmark_module.BARE)
+    common = benchmark_module._common(bare)
+    assert common is bare.base
+    assert (common.max_grad_norm, common.skip_nonfinite) == (None, False)
+    schedule = bare.lr_scheduler(100)
+    assert [float(schedule(t)) for t in (0, 50, 99)] == pytest.approx([common.learning_rate] * 3)
+
+
 @pytest.mark.slow
 def test_benchmark_quick_run_writes_json(benchmark_module, tmp_path):
     out = tmp_path / "result.json"
