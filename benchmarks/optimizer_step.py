@@ -33,6 +33,7 @@ Usage::
     python benchmarks/optimizer_step.py --quick              # a few-second smoke run
     python benchmarks/optimizer_step.py --optimizers adamw --rounds 5 --out benchmarks/results/x.json
     python benchmarks/optimizer_step.py --compile-only       # temp buffers and copies only, no timing
+    python benchmarks/optimizer_step.py --optimizers adamw --layout single   # the tree as one leaf
 
 The JSON written to ``--out`` (default ``benchmarks/results/optimizer_step-<device>-<time>.json``)
 holds every row plus the headline ratios, for tracking over time.
