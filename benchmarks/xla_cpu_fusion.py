@@ -104,10 +104,7 @@ def _run_worker(kind: str, on: bool, args: argparse.Namespace) -> dict[str, floa
     fusion = on if args.compare == "fusion" else True
     env["XLA_FLAGS"] = with_multi_output_fusion(flags) if fusion else flags
     if args.compare == "hugepages":
-        others = ":".join(
-            t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith(host.TUNABLE)
-        )
-        env["GLIBC_TUNABLES"] = host.with_tunable(others) if on else others
+        env["GLIBC_TUNABLES"] = host.with_tunable(env.get("GLIBC_TUNABLES", ""), on=on)
     env["MARIN_OPTIM_CPU_MULTI_OUTPUT_FUSION"] = "0"  # nothing in the worker flips the setting
     env.setdefault("JAX_PLATFORMS", "cpu")
     cmd = [sys.executable, __file__, "--worker", kind, "--steps", str(args.steps), "--reps", str(args.reps)]

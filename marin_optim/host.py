@@ -35,6 +35,12 @@ THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 _OFF = ("0", "false", "no", "off")
 
 
+def switched_off(name: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment variable ``name`` is set to 0, false, no or off (any case)."""
+    env = os.environ if env is None else env
+    return env.get(name, "").strip().lower() in _OFF
+
+
 def _tunables(value: str) -> dict[str, str]:
     """``GLIBC_TUNABLES`` (``name=value:name=value``) as a mapping."""
     out = {}
@@ -45,10 +51,11 @@ def _tunables(value: str) -> dict[str, str]:
     return out
 
 
-def with_tunable(value: str) -> str:
-    """``GLIBC_TUNABLES`` with ``glibc.malloc.hugetlb=1`` set, every other tunable kept."""
+def with_tunable(value: str, on: bool = True) -> str:
+    """``GLIBC_TUNABLES`` with ``glibc.malloc.hugetlb=1`` set (or, ``on=False``, removed), every
+    other tunable kept."""
     items = [i for i in value.split(":") if i and i.partition("=")[0].strip() != TUNABLE]
-    return ":".join([*items, f"{TUNABLE}=1"])
+    return ":".join([*items, f"{TUNABLE}=1"] if on else items)
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -86,7 +93,7 @@ def malloc_hugepages(env: Mapping[str, str] | None = None, mode: str | None = No
 def reexec_reason(env: Mapping[str, str] | None = None, mode: str | None = None) -> str | None:
     """Why :func:`reexec_with_malloc_hugepages` would not re-execute, or ``None`` when it would."""
     env = os.environ if env is None else env
-    if env.get(ENV_SWITCH, "1").strip().lower() in _OFF:
+    if switched_off(ENV_SWITCH, env):
         return f"{ENV_SWITCH}={env[ENV_SWITCH]}"
     if env.get(REEXEC_MARKER):
         return "already re-executed"

@@ -29,6 +29,8 @@ from __future__ import annotations
 import os
 import shlex
 
+from marin_optim.host import switched_off
+
 MULTI_OUTPUT_FUSION = "xla_cpu_use_multi_output_fusion"
 """The XLA:CPU backend option (a key of ``--xla_backend_extra_options``)."""
 EXTRA_OPTIONS_FLAG = "--xla_backend_extra_options"
@@ -97,6 +99,6 @@ def enable_cpu_multi_output_fusion() -> bool:
 
 def configure_training_process() -> bool:
     """What the training verbs call first: the pass on, unless :data:`ENV_SWITCH` says no."""
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+    if switched_off(ENV_SWITCH):
         return cpu_multi_output_fusion_enabled()
     return enable_cpu_multi_output_fusion()

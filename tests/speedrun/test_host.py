@@ -26,6 +26,13 @@ ON = f"{host.TUNABLE}=1"
 )
 def test_tunable_is_set_once_keeping_the_others(before, after):
     assert host.with_tunable(before) == after
+    assert host.with_tunable(before, on=False) == after.removesuffix(ON).rstrip(":")
+
+
+def test_switched_off_reads_the_usual_words():
+    assert [host.switched_off("X", {"X": v}) for v in ("0", " Off ", "no", "FALSE")] == [True] * 4
+    assert [host.switched_off("X", {"X": v}) for v in ("1", "on", "")] == [False] * 3
+    assert host.switched_off("X", {}) is False
 
 
 @pytest.mark.parametrize(
