@@ -446,10 +446,14 @@ def _load_plugins() -> None:
         ep.load()
 
 
+IMPORT_FLAGS = ("--import", "-i")
+"""Flags that, before the verb, load a user's module or .py file (each takes one argument)."""
+
+
 def _verb(argv: Sequence[str]) -> str | None:
     """The verb of a command line, past any leading ``--import X`` pairs."""
     i = 0
-    while i < len(argv) and argv[i] in ("--import", "-i"):
+    while i < len(argv) and argv[i] in IMPORT_FLAGS:
         i += 2
     return argv[i] if i < len(argv) else None
 
@@ -464,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _load_plugins()
-        while argv and argv[0] in ("--import", "-i"):
+        while argv and argv[0] in IMPORT_FLAGS:
             if len(argv) < 2:
                 raise ConfigError("--import: missing a module name or .py file")
             import_user_code(argv[1])
