@@ -86,7 +86,7 @@ def _dataclass_in(tp: Any) -> type | None:
     return None
 
 
-def _check_keys(cls: type, yaml_tree: Any, overrides: dict[str, str], prefix: str = "") -> None:
+def check_keys(cls: type, yaml_tree: Any, overrides: dict[str, str], prefix: str = "") -> None:
     """Rejects unknown fields and unknown ``type`` names, with suggestions, before draccus runs.
 
     ``overrides`` is the whole ``{dotted.key: value}`` map; a choice field given a bare name on
@@ -130,7 +130,7 @@ def _check_keys(cls: type, yaml_tree: Any, overrides: dict[str, str], prefix: st
                     )
                 sub_cls = known[chosen]
             if sub_cls is not None:
-                _check_keys(sub_cls, sub_yaml, overrides, full + ".")
+                check_keys(sub_cls, sub_yaml, overrides, full + ".")
         elif nested and getattr(tp, "__name__", "") == "NestedOptimizerConfig":
             raise ConfigError(
                 f"{full}: a nested optimizer is one YAML value: "
@@ -139,7 +139,7 @@ def _check_keys(cls: type, yaml_tree: Any, overrides: dict[str, str], prefix: st
         elif nested or isinstance(sub_yaml, dict):
             sub = _dataclass_in(tp)
             if sub is not None:
-                _check_keys(sub, sub_yaml, overrides, full + ".")
+                check_keys(sub, sub_yaml, overrides, full + ".")
 
 
 def _field_default(cls: type, name: str) -> Any:
@@ -203,7 +203,7 @@ def parse_config(config_cls: type[T], argv: Sequence[str]) -> T:
     """
     config_path, overrides = _split_argv(argv)
     yaml_tree = _load_yaml(config_path) if config_path else {}
-    _check_keys(config_cls, yaml_tree, overrides)
+    check_keys(config_cls, yaml_tree, overrides)
     args: list[str] = []
     for key, value in overrides.items():
         args += [f"--{key}", value]
@@ -221,9 +221,12 @@ def parse_config(config_cls: type[T], argv: Sequence[str]) -> T:
 
 
 def cmd_list(argv: Sequence[str]) -> int:
-    """Every registered optimizer (grouped) and schedule, one line each."""
+    """Every registered optimizer (grouped) and schedule, one line each; ``--levanter``: every name
+    in Levanter's optimizer registry and the implementation it reaches."""
+    if list(argv) == ["--levanter"]:
+        return _list_levanter()
     if argv:
-        raise ConfigError(f"list takes no arguments, got {' '.join(argv)!r}")
+        raise ConfigError(f"list takes no arguments but --levanter, got {' '.join(argv)!r}")
     from marin_optim.optimizers import group_of
     from marin_optim.schedules import ScheduleConfig
 
@@ -243,6 +246,43 @@ def cmd_list(argv: Sequence[str]) -> int:
     for name, cls in schedules.items():
         print(f"    {name:<{swidth}}  {_first_line(cls.__doc__)}")
     return 0
+
+
+def _levanter_plugin() -> Any:
+    """``marin_optim.levanter``, or the one-line ConfigError saying which extra to install."""
+    try:
+        import marin_optim.levanter as plugin
+    except ImportError as e:
+        raise ConfigError(str(e)) from None
+    return plugin
+
+
+def _list_levanter() -> int:
+    plugin = _levanter_plugin()
+    rows = plugin.implementations()
+    ours = [r for r in rows if r[1] == "marin_optim"]
+    theirs = [r for r in rows if r[1] == "levanter"]
+    width = max(len(r[0]) for r in rows)
+    print(
+        f"Levanter's optimizer registry: {len(theirs)} names reach Levanter's classes, "
+        f"{len(ours)} reach marin_optim's (choose with `type: NAME` in a train_lm config)"
+    )
+    taken = set(plugin.taken_over())
+    for name, origin, path in rows:
+        note = "  (taken over; Levanter's is levanter." + name + ")" if name in taken else ""
+        print(f"    {name:<{width}}  {origin:<11}  {path}{note}")
+    print(
+        f"\nEvery marin_optim optimizer is {plugin.PREFIX}<name>. Levanter's names stay Levanter's unless "
+        "taken over: python -m marin_optim.levanter --take-over NAME train_lm ..."
+    )
+    return 0
+
+
+def _levanter(argv: Sequence[str]) -> int:
+    _levanter_plugin()
+    from marin_optim.levanter.__main__ import main as levanter_main
+
+    return levanter_main(list(argv), prog=f"{PROG} levanter")
 
 
 def _first_line(doc: str | None) -> str:
@@ -413,6 +453,7 @@ VERBS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "show": (cmd_show, "fields, types, defaults and docs of one optimizer or schedule"),
     "schedule": (cmd_schedule, "LR and weight decay at the key steps (--plot lr.png for the curve)"),
     "params": (_params, "each model parameter's optimizer group, learning rate, weight decay, update rule"),
+    "levanter": (_levanter, "run a Levanter entry point (train_lm ...) with every marin_optim optimizer"),
 }
 
 
@@ -438,14 +479,6 @@ def import_user_code(spec: str) -> None:
         raise ConfigError(f"--import {spec!r}: cannot import it ({e})") from None
 
 
-def _load_plugins() -> None:
-    """Imports every installed plugin module (entry-point group ``marin_optim.plugins``)."""
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="marin_optim.plugins"):
-        ep.load()
-
-
 IMPORT_FLAGS = ("--import", "-i")
 """Flags that, before the verb, load a user's module or .py file (each takes one argument)."""
 
@@ -467,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reexec_with_malloc_hugepages()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        _load_plugins()
+        OptimizerConfig.load_plugins()
         while argv and argv[0] in IMPORT_FLAGS:
             if len(argv) < 2:
                 raise ConfigError("--import: missing a module name or .py file")

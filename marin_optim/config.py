@@ -23,6 +23,7 @@ import logging
 import math
 import types
 import typing
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -173,6 +174,7 @@ class OptimizerConfig(draccus.ChoiceRegistry):
     # -- registry ---------------------------------------------------------------------------
 
     _shadowed: ClassVar[dict[type, str]] = {}
+    _listeners: ClassVar[list[Callable[[str, type], None]]] = []
 
     @classmethod
     def default_choice_name(cls) -> str | None:
@@ -206,8 +208,23 @@ class OptimizerConfig(draccus.ChoiceRegistry):
                     f"cannot register {_qualname(choice_type)} as '{name}': "
                     f"'{name}' is already registered to {_qualname(existing)}"
                 )
+        if existing is choice_type:
+            return choice_type
         cls._choice_registry[name] = choice_type
+        for listener in cls._listeners:
+            listener(name, choice_type)
         return choice_type
+
+    @classmethod
+    def on_register(cls, listener: Callable[[str, type], None]) -> None:
+        """Calls ``listener(name, config_class)`` for every registered optimizer: the ones registered
+        now, and each later registration (a user's class, a plugin, a take-over of one of our names).
+
+        This is how other registries mirror ours (``marin_optim.levanter`` keeps Levanter's in step).
+        """
+        cls._listeners.append(listener)
+        for name, choice in list(cls._choice_registry.items()):
+            listener(name, choice)
 
     @classmethod
     def get_choice_name(cls, subcls: type) -> str:
@@ -233,6 +250,15 @@ class OptimizerConfig(draccus.ChoiceRegistry):
     def registered(cls) -> dict[str, type]:
         """Every registered name and its class, sorted by name."""
         return dict(sorted(cls._choice_registry.items()))
+
+    @staticmethod
+    def load_plugins() -> None:
+        """Imports every installed plugin module (entry-point group ``marin_optim.plugins``), so the
+        optimizers they register become choosable."""
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group="marin_optim.plugins"):
+            ep.load()
 
     # -- validation -------------------------------------------------------------------------
 
@@ -422,14 +448,17 @@ class OptimizerConfig(draccus.ChoiceRegistry):
             tx = _hold_schedule_on_skip(tx)
         tx = _own_state_buffers(tx)
         rule = self.single_pass_rule()
-        if rule is None or self.single_pass_unsupported() is not None:
-            return tx
-        return single_pass(
-            tx,
-            rule,
-            max_grad_norm=self.max_grad_norm,
-            weight_decay_mask=(self.build_weight_decay_mask() or True) if self.uses_weight_decay else False,
-        )
+        if rule is not None and self.single_pass_unsupported() is None:
+            tx = single_pass(
+                tx,
+                rule,
+                max_grad_norm=self.max_grad_norm,
+                weight_decay_mask=(self.build_weight_decay_mask() or True)
+                if self.uses_weight_decay
+                else False,
+            )
+        _BUILT_BY[tx.update] = self
+        return tx
 
     def single_pass_rule(self) -> OnePassRule | None:
         """The direction as a one-pass rule (:mod:`marin_optim.transforms.single_pass`), or ``None``.
@@ -592,6 +621,23 @@ class OptimizerConfig(draccus.ChoiceRegistry):
         """The first line of the class docstring."""
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
+
+
+_BUILT_BY: weakref.WeakKeyDictionary[Callable[..., Any], OptimizerConfig] = weakref.WeakKeyDictionary()
+
+
+def built_by(tx: Any) -> OptimizerConfig | None:
+    """The config whose :meth:`OptimizerConfig.build` returned ``tx``, or ``None``.
+
+    For trainers that are handed only the transformation (Levanter's ``Trainer``) and want the
+    config's trainer-side settings (``max_nonfinite_steps``). A transformation wrapped again
+    (``optax.MultiSteps``, ...) is not the one ``build`` returned, so it is not recognised.
+    """
+    update = getattr(tx, "update", None)
+    try:
+        return _BUILT_BY.get(update) if update is not None else None
+    except TypeError:  # not weakly referenceable: not ours
+        return None
 
 
 def _check_cycles(cfg: OptimizerConfig) -> None:

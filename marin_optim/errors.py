@@ -48,10 +48,21 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     Matching ignores case and underscores, so ``lr`` finds ``learning_rate`` only if it is close;
     common abbreviations are mapped explicitly below.
     """
+    return suggest(close_matches(name, choices, n))
+
+
+def suggest(names: Iterable[str]) -> str:
+    """``" (did you mean 'a' or 'b'?)"`` for ``names``, or ``""`` when there are none."""
+    quoted = [f"'{c}'" for c in names]
+    return f" (did you mean {' or '.join(quoted)}?)" if quoted else ""
+
+
+def close_matches(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The up to ``n`` choices closest to ``name`` (what :func:`did_you_mean` names)."""
     choices = sorted(set(choices))
     alias = _ALIASES.get(name.lower())
     if alias is not None and alias in choices:
-        return f" (did you mean '{alias}'?)"
+        return [alias]
 
     def norm(s: str) -> str:
         return s.lower().replace("_", "").replace("-", "")
@@ -59,11 +70,7 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     by_norm: dict[str, str] = {}
     for c in choices:
         by_norm.setdefault(norm(c), c)
-    close = difflib.get_close_matches(norm(name), list(by_norm), n=n, cutoff=0.6)
-    if not close:
-        return ""
-    names = [f"'{by_norm[c]}'" for c in close]
-    return f" (did you mean {' or '.join(names)}?)"
+    return [by_norm[c] for c in difflib.get_close_matches(norm(name), list(by_norm), n=n, cutoff=0.6)]
 
 
 # Abbreviations people type from other frameworks (torch, Megatron, OLMo-core).

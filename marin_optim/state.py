@@ -38,6 +38,18 @@ def hyperparams(opt_state: Any) -> dict[str, jax.Array]:
     return out
 
 
+def beyond_injected(opt_state: Any) -> dict[str, jax.Array]:
+    """The part of :func:`hyperparams` that ``opt_state.hyperparams`` does not already hold.
+
+    Levanter-style trainers log the outermost state's injected values (``opt_state.hyperparams``:
+    the learning rates of every group, weight decay); this is the rest: statistics such as
+    ``grad_norm`` and the guard's ``skip/*`` counters, and values injected further in.
+    """
+    if isinstance(opt_state, _INJECT_STATES):
+        return hyperparams(opt_state.inner_state)
+    return hyperparams(opt_state)
+
+
 def _put(out: dict[str, jax.Array], name: str, value: jax.Array) -> None:
     key, i = name, 2
     while key in out:

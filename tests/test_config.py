@@ -111,6 +111,56 @@ def test_a_different_class_under_a_taken_name_raises_naming_both():
         OptimizerConfig._choice_registry.pop("test_taken_name")
 
 
+def test_registration_listeners_see_every_registration_now_and_later():
+    seen: list[tuple[str, type]] = []
+    OptimizerConfig.on_register(lambda name, cls: seen.append((name, cls)))
+    try:
+        assert dict(seen) == OptimizerConfig._choice_registry  # replayed on subscription
+        seen.clear()
+
+        @dataclass(frozen=True)
+        class Later(OptimizerConfig):
+            def direction(self):
+                return optax.identity()
+
+        OptimizerConfig.register_subclass("test_listened")(Later)
+        OptimizerConfig.register_subclass("test_listened")(Later)  # the same class again: no event
+        assert seen == [("test_listened", Later)]
+    finally:
+        OptimizerConfig._listeners.pop()
+        OptimizerConfig._choice_registry.pop("test_listened", None)
+
+
+def test_built_by_finds_the_config_of_a_built_transformation_only():
+    from marin_optim.config import built_by
+
+    cfg = AdamConfig(max_nonfinite_steps=3)
+    tx = cfg.build(10)
+    assert built_by(tx) is cfg
+    assert built_by(optax.MultiSteps(tx, 2)) is None  # wrapped again: another transformation
+    assert built_by(optax.adam(1e-3)) is None
+    assert built_by(object()) is None
+    sam = OptimizerConfig.from_dict({"type": "sam", "base": {"type": "adamw", "max_nonfinite_steps": 5}})
+    assert built_by(sam.build(10)).max_nonfinite_steps == 5  # a wrapper builds its (derived) base
+
+
+def test_beyond_injected_is_what_a_levanter_style_trainer_does_not_log():
+    from marin_optim.state import beyond_injected
+
+    cfg = OptimizerConfig.from_dict(
+        {"type": "adamw", "group_overrides": [{"params": ["b"], "lr_multiplier": 0.5, "name": "head"}]}
+    )
+    params = {"a": jnp.ones((3,)), "b": jnp.ones((2,))}
+    tx = cfg.build(10)
+    _, state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    extra = beyond_injected(state)
+    assert "grad_norm" in extra and "skip/nonfinite_steps" in extra
+    assert not set(extra) & {"learning_rate", "weight_decay", "head/learning_rate"}
+    # Everything is either in the outermost injected values or in the rest.
+    injected = {k.replace("__", "/") for k in state.hyperparams}
+    assert injected | set(extra) == set(hyperparams(state))
+
+
 def test_unknown_type_suggests_close_names():
     with pytest.raises(ConfigError, match="did you mean 'adamw'"):
         OptimizerConfig.get_choice_class("adamw_")

@@ -19,7 +19,8 @@ def olmo_skip_decisions(losses, grad_norms, window=128, sigma=6.0):
 
     The newest value is appended first, the window keeps window + 1 values, no decision until
     max(2, window // 2) values are held, then skip when newest - mean > sigma * std over all but
-    the newest (unbiased std), for the loss or the grad norm.
+    the newest (unbiased std), for the loss or the grad norm. With one previous value the
+    unbiased std is undefined (NaN in OLMo-core), and a comparison with NaN never skips.
     """
     held_l, held_g, out = [], [], []
     for loss, gn in zip(losses, grad_norms, strict=True):
@@ -30,6 +31,9 @@ def olmo_skip_decisions(losses, grad_norms, window=128, sigma=6.0):
             out.append(False)
             continue
         prev_l, prev_g = np.asarray(held_l[:-1]), np.asarray(held_g[:-1])
+        if len(prev_l) < 2:
+            out.append(False)
+            continue
         ok_l = (loss - prev_l.mean()) <= sigma * prev_l.std(ddof=1)
         ok_g = (gn - prev_g.mean()) <= sigma * prev_g.std(ddof=1)
         out.append(not (ok_l and ok_g))
@@ -68,6 +72,19 @@ def test_no_decision_before_half_a_window():
     losses = [1.0, 1.0, 1.0, 50.0, 1.0]
     ours, _ = _run_guard(losses, [1.0] * 5, window=16, sigma=3.0)
     assert not any(ours)  # 4 values held < 16 // 2
+
+
+@pytest.mark.parametrize("window", [2, 3, 4, 5, 6, 7])
+def test_small_windows_never_decide_on_one_sample(window):
+    # Step 1 sees one previous loss: its standard deviation is undefined, so no spike is possible
+    # however large the jump. From two previous samples on, OLMo-core's rule applies.
+    losses = [1.0, 5.0, 1.1, 0.9, 1.0, 1.05, 50.0, 1.0]
+    scales = [1.0, 1.0, 1.1, 0.9, 1.0, 1.05, 1.0, 1.0]
+    grad_norms = [2.0 * s for s in scales]
+    ours, _ = _run_guard(losses, scales, window=window, sigma=3.0)
+    assert ours[1] is False
+    assert ours == olmo_skip_decisions(losses, grad_norms, window=window, sigma=3.0)
+    assert ours[6] is True  # the 50x loss is a spike for every window
 
 
 def test_a_nan_is_skipped_and_does_not_poison_the_window():

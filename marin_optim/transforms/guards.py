@@ -65,8 +65,11 @@ def skip_step_guard(
 
     - ``skip_nonfinite`` and the loss (if passed) or the global gradient norm is NaN/inf; or
     - ``skip_spikes`` and, once at least ``max(2, window // 2)`` steps are known (counting the
-      current one), ``loss - mean > sigma * std`` or ``grad_norm - mean' > sigma * std'``, with
-      mean and unbiased std over the up-to-``window`` previous accepted steps.
+      current one) and at least two of them are previous accepted steps (an unbiased standard
+      deviation needs two samples), ``loss - mean > sigma * std`` or
+      ``grad_norm - mean' > sigma * std'``, with mean and unbiased std over the up-to-``window``
+      previous accepted steps. So the rule never decides on fewer than
+      ``max(2, window // 2 - 1)`` previous steps, whatever ``window`` is.
 
     The spike rule is OLMo-core's ``SkipStepOptimizer`` (rolling interval 128, sigma 6; see also
     Chowdhery et al., 2022, PaLM, section 5.1, on skipping around loss spikes). One deliberate
@@ -117,7 +120,10 @@ def skip_step_guard(
         loss_z = grad_z = jnp.zeros((), jnp.float32)
         if skip_spikes:
             valid = jnp.arange(size) < state.recorded
-            active = state.recorded + 1 >= max(2, window // 2)
+            # OLMo-core's threshold, counting the current step; for windows below 6 it would
+            # allow a single previous sample, whose standard deviation is undefined (OLMo-core's
+            # NaN never fires), so at least two previous samples are required.
+            active = state.recorded >= max(2, window // 2 - 1)
             loss_mean, loss_std = _window_stats(state.losses, valid, state.recorded)
             gn_mean, gn_std = _window_stats(state.grad_norms, valid, state.recorded)
             loss_spike = loss32 - loss_mean > sigma * loss_std

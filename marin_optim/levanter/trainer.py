@@ -1,0 +1,122 @@
+"""Two fixes to Levanter's ``Trainer`` for optimizers built by marin_optim, installed on import.
+
+Levanter's trainer only calls ``optimizer.update(grads, state, params=..., obj_fn=..., loss=...)``
+and logs the outermost state's injected values. For a transformation that a marin_optim config
+built (:func:`marin_optim.config.built_by`), ``Trainer.__init__`` is wrapped to
+
+1. hand Levanter a loss function that always returns ``(loss, metrics)``. Levanter's ``obj_fun``
+   (the ``obj_fn`` optimizers receive) unpacks ``loss, metrics`` from the *raw* loss function,
+   which in ``train_lm`` returns the loss alone, so any optimizer that calls ``obj_fn`` (SAM)
+   crashed there. Levanter treats both return forms the same everywhere else, so nothing else
+   changes;
+2. add a hook, run after every step on the host like Levanter's own logging, that logs what
+   ``opt_state.hyperparams`` lacks (:func:`marin_optim.state.beyond_injected`: ``grad_norm``, the
+   guard's ``skip/*`` counters) as ``optim/<name>``, prints the optimizer's parameter table once,
+   and stops the run with :class:`~marin_optim.transforms.guards.NonFiniteError` after
+   ``max_nonfinite_steps`` non-finite steps in a row, as marin_optim's own trainer does.
+
+Any other optimizer's trainer is untouched. Both fixes are idempotent and reversible
+(:func:`remove_trainer_fixes`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from marin_optim.config import OptimizerConfig, built_by
+from marin_optim.state import beyond_injected
+from marin_optim.transforms.guards import check_nonfinite_run, find_guard_state
+
+logger = logging.getLogger(__name__)
+
+_ORIGINAL_INIT = "__marin_optim_original__"
+
+
+def returns_loss_and_metrics(loss_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``loss_fn`` returning ``(loss, metrics)`` whether it returns that or the loss alone."""
+
+    @functools.wraps(loss_fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = loss_fn(*args, **kwargs)
+        if isinstance(result, tuple) and len(result) == 2:
+            return result
+        return result, {}
+
+    return wrapped
+
+
+class OptimizerMonitor:
+    """A Levanter hook: logs the optimizer's statistics and enforces ``max_nonfinite_steps``."""
+
+    def __init__(self, config: OptimizerConfig):
+        self.config = config
+        self._described = False
+
+    def __call__(self, info: Any) -> None:
+        import jax
+        import levanter.tracker
+
+        opt_state = info.opt_state
+        if not self._described:
+            self._described = True
+            self._describe(info.state)
+        guard = find_guard_state(opt_state)
+        run = (guard.consecutive_nonfinite, guard.nonfinite_steps) if guard is not None else None
+        values, run = jax.device_get((beyond_injected(opt_state), run))  # one transfer per step
+        if values:
+            levanter.tracker.log({f"optim/{k}": v.item() for k, v in values.items()}, step=info.step)
+        if run is not None:
+            check_nonfinite_run(int(run[0]), int(run[1]), self.config.max_nonfinite_steps)
+
+    def _describe(self, state: Any) -> None:
+        try:
+            table = self.config.param_table(state.trainable_model)
+        except Exception as e:  # a description must never stop a run
+            logger.info("marin_optim: no parameter table for this model (%s)", e)
+            return
+        logger.info("marin_optim optimizer %s:\n%s", type(self.config).__name__, table)
+
+
+def install_trainer_fixes() -> None:
+    """Wraps ``levanter.trainer.Trainer.__init__`` as the module docstring says; idempotent."""
+    from levanter.trainer import Trainer
+
+    init = Trainer.__init__
+    if hasattr(init, _ORIGINAL_INIT):
+        return
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        config = built_by(bound.arguments.get("optimizer"))
+        if config is not None:
+            bound.arguments["loss_fn"] = returns_loss_and_metrics(bound.arguments["loss_fn"])
+        init(*bound.args, **bound.kwargs)
+        if config is None:
+            return
+        trainer_config = bound.arguments.get("config")
+        if config.skip_nonfinite and getattr(trainer_config, "crash_on_nan", False):
+            logger.warning(
+                "trainer.crash_on_nan is true: Levanter stops at the first NaN loss before marin_optim's "
+                "guard can skip it; set trainer.crash_on_nan: false (and crash_on_inf) to let "
+                "max_nonfinite_steps=%d decide",
+                config.max_nonfinite_steps,
+            )
+        self.add_hook(OptimizerMonitor(config), every=1)
+
+    setattr(__init__, _ORIGINAL_INIT, init)
+    Trainer.__init__ = __init__
+
+
+def remove_trainer_fixes() -> None:
+    """Restores Levanter's own ``Trainer.__init__``."""
+    from levanter.trainer import Trainer
+
+    original = getattr(Trainer.__init__, _ORIGINAL_INIT, None)
+    if original is not None:
+        Trainer.__init__ = original

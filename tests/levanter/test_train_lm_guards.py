@@ -1,0 +1,49 @@
+"""Inside Levanter's real ``train_lm``: optimizers Levanter lacks, their logged counters, and the guard.
+
+Through the launcher (``python -m marin_optim.levanter train_lm``), as a user runs them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from levanter_runs import series, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"type": "marin_optim.lion", "learning_rate": 3e-4, "skip_nonfinite": True},
+        {"type": "marin_optim.sam", "base": {"type": "adamw", "learning_rate": 3e-3}},
+        {"type": "marin_optim.optax_adamw", "learning_rate": 3e-3},
+    ],
+    ids=["lion", "sam", "optax_adamw"],
+)
+def test_an_optimizer_levanter_lacks_trains_and_its_counters_reach_the_tracker(tmp_path, optimizer):
+    metrics = train(tmp_path, optimizer, steps=12).metrics
+    losses = series(metrics, "train/loss")
+    assert len(losses) == 10 and np.all(np.isfinite(losses))
+    assert losses[-3:].mean() < losses[0] - 0.1
+    for name in ("skip/skipped_steps", "skip/nonfinite_steps", "skip/consecutive_nonfinite", "grad_norm"):
+        assert len(series(metrics, f"optim/{name}")) == 10, name
+    assert series(metrics, "optim/skip/skipped_steps")[-1] == 0
+    if optimizer["type"] == "marin_optim.sam":
+        # obj_fn reached SAM: the gradient at the perturbed point is a second, different one
+        perturbed = series(metrics, "optim/sam_perturbed_grad_norm")
+        assert len(perturbed) == 10 and not np.allclose(perturbed, series(metrics, "optim/grad_norm"))
+
+
+def test_max_nonfinite_steps_stops_a_levanter_run(tmp_path):
+    """A learning rate of 1e30 makes the parameters overflow after one step; every later step is
+    non-finite, skipped and counted, and the run stops at the limit instead of going on."""
+    optimizer = {"type": "marin_optim.sgd", "learning_rate": 1e30, "max_nonfinite_steps": 3}
+    # Levanter's own crash_on_nan would stop at the first NaN loss; leave those to our guard.
+    run = train(tmp_path, optimizer, trainer={"crash_on_nan": False, "crash_on_inf": False}, expect_rc=1)
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m marin_optim.levanter: stopped: 3 consecutive steps had a NaN/inf")
+    assert max(run.metrics) == 3  # stopped after step 3 of 20
+    row = run.metrics[3]
+    assert row["optim/skip/consecutive_nonfinite"] == 3
+    assert row["optim/skip/nonfinite_steps"] == row["optim/skip/skipped_steps"] == 3
