@@ -15,7 +15,11 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize(
     "optimizer",
     [
-        {"type": "marin_optim.lion", "learning_rate": 3e-4, "skip_nonfinite": True},
+        {
+            "type": "marin_optim.lion",
+            "learning_rate": 3e-4,
+            "group_overrides": [{"params": ["lm_head*"], "lr_multiplier": 0.5, "name": "head"}],
+        },
         {"type": "marin_optim.sam", "base": {"type": "adamw", "learning_rate": 3e-3}},
         {"type": "marin_optim.optax_adamw", "learning_rate": 3e-3},
     ],
@@ -29,6 +33,13 @@ def test_an_optimizer_levanter_lacks_trains_and_its_counters_reach_the_tracker(t
     for name in ("skip/skipped_steps", "skip/nonfinite_steps", "skip/consecutive_nonfinite", "grad_norm"):
         assert len(series(metrics, f"optim/{name}")) == 10, name
     assert series(metrics, "optim/skip/skipped_steps")[-1] == 0
+    if "group_overrides" in optimizer:
+        # every group's learning rate reaches the tracker (Levanter logs the injected values)
+        np.testing.assert_allclose(
+            series(metrics, "optim/head__learning_rate"),
+            0.5 * series(metrics, "optim/learning_rate"),
+            rtol=1e-6,
+        )
     if optimizer["type"] == "marin_optim.sam":
         # obj_fn reached SAM: the gradient at the perturbed point is a second, different one
         perturbed = series(metrics, "optim/sam_perturbed_grad_norm")
