@@ -61,6 +61,8 @@ def train(
     optimizer: dict[str, Any],
     *,
     ours: bool = True,
+    launcher: list[str] | None = None,
+    extra_args: list[str] | None = None,
     steps: int = 20,
     env: dict[str, str] | None = None,
     cache: Path | None = None,
@@ -68,13 +70,14 @@ def train(
     expect_rc: int = 0,
     **config: Any,
 ) -> Run:
-    """Runs ``train_lm`` (through our launcher when ``ours``) in ``tmp``; ``trainer`` updates the
-    trainer section of the config."""
+    """Runs ``train_lm`` in ``tmp``: through our launcher (with ``launcher``'s options) when ``ours``,
+    else as plain Levanter; ``trainer`` updates the config's trainer section, ``extra_args`` are
+    Levanter's command-line overrides."""
     cfg = offline.train_lm_config(
         tmp, optimizer=optimizer, num_train_steps=steps, compilation_cache_dir=cache, **config
     )
     cfg["trainer"].update(trainer or {})
-    proc = offline.run_train_lm(cfg, launcher=[] if ours else None, env=env)
+    proc = offline.run_train_lm(cfg, extra_args or (), launcher=(launcher or []) if ours else None, env=env)
     assert proc.returncode == expect_rc, proc.stderr[-4000:]
     return Run(offline.read_metrics(tmp), proc.stderr)
 

@@ -5,9 +5,16 @@ Through the launcher (``python -m marin_optim.levanter train_lm``), as a user ru
 
 from __future__ import annotations
 
+import math
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from levanter_runs import series, train
+
+from marin_optim.levanter import offline
 
 pytestmark = pytest.mark.slow
 
@@ -58,3 +65,42 @@ def test_max_nonfinite_steps_stops_a_levanter_run(tmp_path):
     row = run.metrics[3]
     assert row["optim/skip/consecutive_nonfinite"] == 3
     assert row["optim/skip/nonfinite_steps"] == row["optim/skip/skipped_steps"] == 3
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_users_own_class_chosen_on_levanters_command_line(tmp_path):
+    """The Marin guide's pattern: a user's OptimizerConfig subclass in their own script (here the
+    Levanter-style Adamax of experiments/speedrun/user_adamax.py, with its own `build`), loaded with
+    the launcher's --import and chosen with Levanter's own command-line overrides."""
+    user = str(REPO / "experiments" / "speedrun" / "user_adamax.py")
+    run = train(
+        tmp_path,
+        {},
+        steps=12,
+        launcher=["--import", user],
+        extra_args=["--optimizer.type", "marin_optim.adamax", "--optimizer.learning_rate", "3e-3"],
+    )
+    losses = series(run.metrics, "train/loss")
+    assert len(losses) == 10 and losses[-3:].mean() < losses[0] - 0.1
+    assert 1e-3 < series(run.metrics, "optim/learning_rate").max() <= 3e-3
+    assert "optim/grad_norm" not in run.metrics[11]  # its own build: no marin_optim statistics
+
+
+def test_the_python_form_of_the_levanter_example_trains(tmp_path):
+    """experiments/levanter/speedrun.py: TrainLmConfig(optimizer=MuonConfig(...)), Levanter's main."""
+    script = REPO / "experiments" / "levanter" / "speedrun.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--steps", "6", "--out", str(tmp_path / "run")],
+        cwd=tmp_path,
+        env=offline.offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("MuonConfig in Levanter's train_lm, 6 steps: train loss")
+    eval_loss = float(line.rsplit(" ", 1)[1])
+    assert math.isfinite(eval_loss) and eval_loss < math.log(256)  # below a uniform guess over bytes
