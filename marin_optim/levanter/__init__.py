@@ -57,18 +57,12 @@ LEVANTER_PREFIX = "levanter."
 _taken_over: dict[str, type] = {}  # Levanter name -> Levanter's own class, while ours holds the name
 
 
-def levanter_name(config: OptimizerConfig | type | str) -> str:
-    """The name a marin_optim optimizer has in Levanter's configs: ``marin_optim.<name>``."""
-    if isinstance(config, str):
-        name = config
-    else:
-        cls = config if isinstance(config, type) else type(config)
-        name = OptimizerConfig.get_choice_name(cls)
-    return PREFIX + name
-
-
 def _mirror(name: str, cls: type) -> None:
-    """Keeps Levanter's registry in step with ours (called for every registration, now and later)."""
+    """Keeps Levanter's registry in step with ours (called for every registration, now and later).
+
+    The registry's dict is written directly: Levanter's ``register_subclass`` refuses to point a
+    name at another class, which a re-imported user class or a take-over must do.
+    """
     registry = LevanterOptimizerConfig._choice_registry
     registry[PREFIX + name] = cls
     if name in _taken_over:
@@ -231,7 +225,6 @@ __all__ = [
     "field_differences",
     "give_back",
     "implementations",
-    "levanter_name",
     "register",
     "take_over",
     "taken_over",

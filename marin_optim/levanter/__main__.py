@@ -51,7 +51,11 @@ def _options(argv: Sequence[str]) -> tuple[list[str], list[str], str, list[str]]
         raise ConfigError("missing ENTRY: a Levanter entry point such as train_lm")
     entry = argv.pop(0)
     module = entry if "." in entry else f"levanter.main.{entry}"
-    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        found = False
+    if not found:
         mains = [m.name for m in pkgutil.iter_modules(importlib.import_module("levanter.main").__path__)]
         raise ConfigError(f"ENTRY={entry!r}: no module {module}{did_you_mean(entry, mains)}")
     return take, imports, module, argv
@@ -165,8 +169,11 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     except NonFiniteError as e:
         print(f"{prog}: stopped: {one_line(e)}", file=sys.stderr)
         return 1
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except SystemExit as e:  # Levanter's own exit, passed on
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
     except Exception as e:
         found = config_error_in(e)
         if found is None:
