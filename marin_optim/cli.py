@@ -310,9 +310,9 @@ def _field_doc(cls: type, name: str) -> str:
 
 
 def _type_str(tp: Any) -> str:
-    from marin_optim.config import _type_name
+    from marin_optim.validation import type_name
 
-    return _type_name(tp).replace("NoneType", "None")
+    return type_name(tp).replace("NoneType", "None")
 
 
 def cmd_show(argv: Sequence[str]) -> int:

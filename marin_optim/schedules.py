@@ -44,13 +44,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import functools
 import itertools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import draccus
 import jax
@@ -58,21 +57,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from marin_optim._checks import (
+from marin_optim.errors import ConfigError, config_error_in, did_you_mean
+from marin_optim.registry import NamedRegistry
+from marin_optim.validation import (
+    Duration,
     check_choice,
     check_duration,
     check_int,
     check_num_train_steps,
-    check_real,
+    check_positive,
+    check_range,
     is_int,
     is_real,
 )
-from marin_optim.errors import ConfigError, config_error_in, did_you_mean
 
 logger = logging.getLogger(__name__)
-
-Duration = int | float
-"""``int``: a count of steps (or tokens); ``float`` in ``[0, 1]``: a fraction."""
 
 ScheduleFn = Callable[[Any], jax.Array]
 
@@ -140,25 +139,25 @@ class ScheduleContext:
 
     # Field names as the user wrote them (on OptimizerConfig).
     @staticmethod
-    def _name(field: str) -> str:
+    def _where(field: str) -> str:
         return _USER_NAMES.get(field, field)
 
     def _validate(self) -> None:
         check_num_train_steps(self.num_train_steps)
-        check_real(self._name("peak_lr"), self.peak_lr, 0.0)
-        check_real("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        check_real("min_lr", self.min_lr, 0.0, allow_none=True)
+        check_range(self, "peak_lr", 0.0)
+        check_range(self, "min_lr_ratio", 0.0, 1.0)
+        check_range(self, "min_lr", 0.0, allow_none=True)
         if self.min_lr is not None and self.min_lr > self.peak_lr:
             raise ConfigError(f"min_lr={self.min_lr!r}: must be <= the peak learning rate {self.peak_lr!r}")
-        check_real("warmup_init_lr", self.warmup_init_lr, 0.0)
-        check_duration("warmup", self.warmup)
-        check_duration("decay", self.decay, allow_none=True)
-        check_duration("rewarmup", self.rewarmup)
-        check_choice(self._name("units"), self.units, _UNITS)
-        check_int("tokens_per_step", self.tokens_per_step, allow_none=True)
+        check_range(self, "warmup_init_lr", 0.0)
+        check_duration(self, "warmup")
+        check_duration(self, "decay", allow_none=True)
+        check_duration(self, "rewarmup")
+        check_choice(self, "units", _UNITS)
+        check_int(self, "tokens_per_step", allow_none=True)
         if self.units == "tokens" and self.tokens_per_step is None:
             raise ConfigError(
-                f"{self._name('units')}='tokens': needs tokens_per_step to convert token counts into steps"
+                f"{self._where('units')}='tokens': needs tokens_per_step to convert token counts into steps"
             )
         if self.cycles is not None and self.cycle_length is not None:
             raise ConfigError(
@@ -232,7 +231,7 @@ class ScheduleContext:
                         f"more than num_train_steps={n}"
                     )
             else:
-                check_duration("cycle_length", length, positive=True)
+                check_duration(self, "cycle_length", positive=True)
                 step = self.duration_steps(length, n)
                 if step < 1 or step > n:
                     raise ConfigError(
@@ -325,12 +324,8 @@ def _f32(schedule: ScheduleFn) -> ScheduleFn:
 # -- the registry ------------------------------------------------------------------------------
 
 
-def _qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 @dataclass(frozen=True)
-class ScheduleConfig(draccus.ChoiceRegistry, abc.ABC):
+class ScheduleConfig(NamedRegistry, draccus.ChoiceRegistry, abc.ABC):
     """Base class of every learning-rate schedule; subclasses are frozen dataclasses, registered by name.
 
     In YAML a schedule is a name (``cosine``) or a mapping with ``type:``. Declare a field that
@@ -343,45 +338,15 @@ class ScheduleConfig(draccus.ChoiceRegistry, abc.ABC):
     def default_choice_name(cls) -> str | None:
         return "cosine"
 
-    @classmethod
-    def register_subclass(cls, name: str, choice_type: type | None = None):  # type: ignore[override]
-        """Registers ``choice_type`` as ``type: name`` (usable as a decorator).
-
-        Registering the same class again, or a class with the same module and qualified name (a
-        re-import), is harmless; a different class under a taken name raises ``ConfigError``.
-        """
-        if choice_type is None:
-            return functools.partial(cls.register_subclass, name)
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"register_subclass name={name!r}: expected a non-empty string")
-        existing = cls._choice_registry.get(name)
-        if (
-            existing is not None
-            and existing is not choice_type
-            and _qualname(existing) != _qualname(choice_type)
-        ):
-            raise ConfigError(
-                f"cannot register {_qualname(choice_type)} as schedule '{name}': "
-                f"'{name}' is already registered to {_qualname(existing)}"
-            )
-        cls._choice_registry[name] = choice_type
-        return choice_type
+    REGISTRY_KIND: ClassVar[str] = "schedule"
 
     @classmethod
-    def get_choice_class(cls, name: str) -> Any:
-        try:
-            return cls._choice_registry[name]
-        except (KeyError, TypeError):
-            known = sorted(cls._choice_registry)
-            raise ConfigError(
-                f"lr_schedule={name!r}: not a registered schedule{did_you_mean(str(name), known)}; "
-                f"choose from {', '.join(known)}"
-            ) from None
-
-    @classmethod
-    def registered(cls) -> dict[str, type]:
-        """Every registered schedule name and its class, sorted by name."""
-        return dict(sorted(cls._choice_registry.items()))
+    def unknown_name_message(cls, name: Any) -> str:
+        known = sorted(cls._choice_registry)
+        return (
+            f"lr_schedule={name!r}: not a registered schedule{did_you_mean(str(name), known)}; "
+            f"choose from {', '.join(known)}"
+        )
 
     @property
     def type_name(self) -> str:
@@ -530,7 +495,7 @@ class CosineSchedule(CycleSchedule):
     """Power applied to the cosine factor (1 = the plain cosine)."""
 
     def __post_init__(self) -> None:
-        check_real(self._where("exponent"), self.exponent, 0.0, lo_open=True)
+        check_range(self, "exponent", 0.0, lo_open=True)
 
     def decay_piece(self, ctx: ScheduleContext, decay_steps: int, warmup_steps: int) -> ScheduleFn:
         peak, lo, exponent = float(ctx.peak_lr), ctx.floor, float(self.exponent)
@@ -556,7 +521,7 @@ class PolynomialSchedule(CycleSchedule):
     """Exponent of the decay (1 = linear)."""
 
     def __post_init__(self) -> None:
-        check_real(self._where("power"), self.power, 0.0, lo_open=True)
+        check_range(self, "power", 0.0, lo_open=True)
 
     def decay_piece(self, ctx: ScheduleContext, decay_steps: int, warmup_steps: int) -> ScheduleFn:
         peak, lo, power = float(ctx.peak_lr), ctx.floor, float(self.power)
@@ -581,7 +546,7 @@ class InvSqrtSchedule(CycleSchedule):
     """Timescale: the LR stays at the peak until ``t + w`` reaches ``tau``."""
 
     def __post_init__(self) -> None:
-        check_real(self._where("tau"), self.tau, 0.0, lo_open=True)
+        check_range(self, "tau", 0.0, lo_open=True)
 
     def decay_piece(self, ctx: ScheduleContext, decay_steps: int, warmup_steps: int) -> ScheduleFn:
         peak, lo, tau, w = float(ctx.peak_lr), ctx.floor, float(self.tau), float(warmup_steps)
@@ -641,10 +606,10 @@ class PowerSchedule(CycleSchedule):
     """Tokens per sequence; None: tokens_per_step / batch_size from the optimizer config."""
 
     def __post_init__(self) -> None:
-        check_real(self._where("a"), self.a, 0.0, lo_open=True)
-        check_real(self._where("b"), self.b, None, 0.0, hi_open=True)
+        check_range(self, "a", 0.0, lo_open=True)
+        check_range(self, "b", None, 0.0, hi_open=True)
         for name in ("batch_size", "seq_length"):
-            check_int(self._where(name), getattr(self, name), allow_none=True)
+            check_int(self, name, allow_none=True)
 
     def _tokens_per_step(self, ctx: ScheduleContext) -> int:
         if self.batch_size is None:
@@ -689,8 +654,8 @@ class WSDSchedule(CycleSchedule):
     """Decay length as a fraction of each cycle when the optimizer's ``decay`` is None."""
 
     def __post_init__(self) -> None:
-        check_choice(self._where("decay_style"), self.decay_style, _WSD_STYLES)
-        check_real(self._where("decay_fraction"), self.decay_fraction, 0.0, 1.0)
+        check_choice(self, "decay_style", _WSD_STYLES)
+        check_range(self, "decay_fraction", 0.0, 1.0)
 
     def default_decay(self, cycle_steps: int, warmup_steps: int) -> int:
         return _frac_steps(float(self.decay_fraction), cycle_steps)
@@ -778,8 +743,8 @@ class CosineLinearDecaySchedule(ScheduleConfig):
     """Where the linear tail ends; None: the min LR."""
 
     def __post_init__(self) -> None:
-        check_real(self._where("decay_fraction"), self.decay_fraction, 0.0, 1.0)
-        check_real(self._where("decay_min_lr"), self.decay_min_lr, 0.0, allow_none=True)
+        check_range(self, "decay_fraction", 0.0, 1.0)
+        check_range(self, "decay_min_lr", 0.0, allow_none=True)
 
     def _plan(self, ctx: ScheduleContext) -> tuple[int, int, int]:
         n, w = ctx.num_train_steps, _warmup_steps(ctx)
@@ -828,7 +793,7 @@ class ExponentialSchedule(ScheduleConfig):
     """LR at step 0 (> 0, below the peak)."""
 
     def __post_init__(self) -> None:
-        check_real(self._where("lr_min"), self.lr_min, 0.0, lo_open=True)
+        check_range(self, "lr_min", 0.0, lo_open=True)
 
     def build(self, ctx: ScheduleContext) -> optax.Schedule:
         _no_cycles(self, ctx)
@@ -864,9 +829,9 @@ class PowerLRSchedule(ScheduleConfig):
     """Where the linear tail ends; None: the min LR."""
 
     def __post_init__(self) -> None:
-        check_real(self._where("b"), self.b, None, 0.0, hi_open=True)
-        check_real(self._where("decay_fraction"), self.decay_fraction, 0.0, 1.0)
-        check_real(self._where("decay_min_lr"), self.decay_min_lr, 0.0, allow_none=True)
+        check_range(self, "b", None, 0.0, hi_open=True)
+        check_range(self, "decay_fraction", 0.0, 1.0)
+        check_range(self, "decay_min_lr", 0.0, allow_none=True)
 
     def _plan(self, ctx: ScheduleContext) -> tuple[int, int, int]:
         n, w = ctx.num_train_steps, _warmup_steps(ctx)
@@ -934,16 +899,16 @@ class WSDSSchedule(ScheduleConfig):
                 raise ConfigError(
                     f"{self._where('period_lengths')}={self.period_lengths!r}: expected a non-empty list"
                 )
-            for value in self.period_lengths:
-                check_duration(self._where("period_lengths"), value, positive=True)
+            for i in range(len(self.period_lengths)):
+                check_duration(self, "period_lengths", positive=True, item=i)
         if self.period_lr_multipliers is not None:
             if not isinstance(self.period_lr_multipliers, list) or not self.period_lr_multipliers:
                 raise ConfigError(
                     f"{self._where('period_lr_multipliers')}={self.period_lr_multipliers!r}: "
                     "expected a non-empty list"
                 )
-            for value in self.period_lr_multipliers:
-                check_real(self._where("period_lr_multipliers"), value, 0.0, lo_open=True)
+            for i in range(len(self.period_lr_multipliers)):
+                check_positive(self, "period_lr_multipliers", item=i)
             if self.period_lengths is not None and len(self.period_lr_multipliers) != len(
                 self.period_lengths
             ):
@@ -951,9 +916,9 @@ class WSDSSchedule(ScheduleConfig):
                     f"{self._where('period_lr_multipliers')}={list(self.period_lr_multipliers)!r}: needs one "
                     f"multiplier per period ({len(self.period_lengths)} periods)"
                 )
-        check_real(self._where("decay_fraction"), self.decay_fraction, 0.0, 1.0)
-        check_choice(self._where("decay_style"), self.decay_style, _WSD_STYLES)
-        check_real(self._where("decay_min_lr"), self.decay_min_lr, 0.0, allow_none=True)
+        check_range(self, "decay_fraction", 0.0, 1.0)
+        check_choice(self, "decay_style", _WSD_STYLES)
+        check_range(self, "decay_min_lr", 0.0, allow_none=True)
 
     def _periods(self, ctx: ScheduleContext) -> list[tuple[int, int, int, int, float]]:
         """(start, warmup, stable, decay, multiplier) of every period."""
@@ -1061,10 +1026,14 @@ class OverrideDecay:
     """Where it ends; None: the min LR."""
 
     def __post_init__(self) -> None:
-        check_duration("lr_schedule.override_decay.start", self.start)
-        check_duration("lr_schedule.override_decay.duration", self.duration, positive=True)
-        check_choice("lr_schedule.override_decay.shape", self.shape, ("linear", "cosine"))
-        check_real("lr_schedule.override_decay.end_lr", self.end_lr, 0.0, allow_none=True)
+        check_duration(self, "start")
+        check_duration(self, "duration", positive=True)
+        check_choice(self, "shape", ("linear", "cosine"))
+        check_range(self, "end_lr", 0.0, allow_none=True)
+
+    @staticmethod
+    def _where(name: str) -> str:
+        return f"lr_schedule.override_decay.{name}"
 
 
 @ScheduleConfig.register_subclass("sequential")
@@ -1102,8 +1071,8 @@ class SequentialSchedule(ScheduleConfig):
         if not isinstance(lengths, list):
             raise ConfigError(f"{self._where('lengths')}={lengths!r}: expected a list of stage lengths")
         object.__setattr__(self, "lengths", lengths)
-        for value in lengths:
-            check_duration(self._where("lengths"), value, positive=True)
+        for i in range(len(lengths)):
+            check_duration(self, "lengths", positive=True, item=i)
         if len(lengths) != len(stages) - 1:
             raise ConfigError(
                 f"{self._where('lengths')}={list(lengths)!r}: needs one length per stage but the last "
@@ -1281,6 +1250,15 @@ def build_lr_schedule(
     return parse_schedule(schedule).build(ctx)
 
 
+@dataclass(frozen=True)
+class _WeightDecayFields:
+    """The optimizer fields :func:`weight_decay_schedule` reads, under their names, for checking."""
+
+    weight_decay: float
+    weight_decay_end: float | None
+    weight_decay_schedule: str
+
+
 def weight_decay_schedule(
     start: float, end: float | None, style: str, num_train_steps: int
 ) -> optax.Schedule | float:
@@ -1290,9 +1268,10 @@ def weight_decay_schedule(
     cosine ``start + (end - start) * 0.5 * (cos(pi * (1 - r)) + 1)``. Returns the float
     ``start`` when it is constant (``inject_hyperparams`` then holds it fixed).
     """
-    check_real("weight_decay", start, 0.0)
-    check_real("weight_decay_end", end, 0.0, allow_none=True)
-    check_choice("weight_decay_schedule", style, _WD_STYLES)
+    fields = _WeightDecayFields(start, end, style)
+    check_range(fields, "weight_decay", 0.0)
+    check_range(fields, "weight_decay_end", 0.0, allow_none=True)
+    check_choice(fields, "weight_decay_schedule", _WD_STYLES)
     check_num_train_steps(num_train_steps)
     if style == "constant":
         if end is not None and end != start:
@@ -1340,12 +1319,6 @@ def encode_schedule(schedule: ScheduleConfig | str | Mapping[str, Any]) -> dict[
     return draccus.encode(parse_schedule(schedule), ScheduleConfig)
 
 
-def describe(cls: type) -> str:
-    """The first line of a schedule class's docstring (what ``marin-optim list`` shows)."""
-    doc = (cls.__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else cls.__name__
-
-
 __all__ = [
     "ConstantSchedule",
     "CosineLinearDecaySchedule",
@@ -1367,7 +1340,6 @@ __all__ = [
     "WSDSSchedule",
     "WSDSchedule",
     "build_lr_schedule",
-    "describe",
     "encode_schedule",
     "key_steps",
     "parse_schedule",

@@ -28,7 +28,6 @@ from marin_optim.schedules import (
     SequentialSchedule,
     WSDSchedule,
     build_lr_schedule,
-    describe,
     encode_schedule,
     key_steps,
     parse_schedule,
@@ -688,14 +687,31 @@ def test_registry_rules():
         def build(self, ctx):
             return optax.constant_schedule(ctx.peak_lr)
 
-    with pytest.raises(ConfigError, match="WSDSchedule"):
-        ScheduleConfig.register_subclass("wsd", Other)
+    # The optimizers' rules (marin_optim.registry): a class outside marin_optim may take over a
+    # built-in name, and is the one `type: wsd` then means; another clash raises naming both.
+    try:
+        assert ScheduleConfig.register_subclass("wsd", Other) is Other
+        assert ScheduleConfig.get_choice_class("wsd") is Other
+        assert ScheduleConfig.get_choice_name(WSDSchedule) == "wsd"  # still encodes by its name
+
+        @dataclass(frozen=True)
+        class Third(ScheduleConfig):
+            """A third."""
+
+            def build(self, ctx):
+                return optax.constant_schedule(ctx.peak_lr)
+
+        with pytest.raises(ConfigError, match="Other"):
+            ScheduleConfig.register_subclass("wsd", Third)
+    finally:
+        ScheduleConfig._choice_registry["wsd"] = WSDSchedule
+        ScheduleConfig._shadowed.pop(WSDSchedule, None)
     assert ScheduleConfig.get_choice_class("wsd") is WSDSchedule
 
 
 def test_every_schedule_documents_itself():
     for name, cls in ScheduleConfig.registered().items():
-        line = describe(cls)
+        line = cls.describe()
         assert line and line != cls.__name__ and len(line) <= 110, name
         assert len((cls.__doc__ or "").strip().splitlines()) > 1, f"{name}: no formula in the docstring"
 

@@ -1,0 +1,66 @@
+"""Resuming an optimizer from a checkpoint: which config wins, and whether its state starts fresh.
+
+Megatron's rules (``override_opt_param_scheduler`` / ``use_checkpoint_opt_param_scheduler``) with
+OLMo-core's ``fixed_fields``; the step count always comes from the checkpoint (the trainer's job).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Literal
+
+from marin_optim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from marin_optim.config.base import OptimizerConfig
+
+ResumeMode = Literal["strict", "override", "checkpoint"]
+
+
+def config_differences(a: OptimizerConfig, b: OptimizerConfig) -> dict[str, tuple[Any, Any]]:
+    """``{field: (a's value, b's value)}`` for every field that differs (same class required)."""
+    return {
+        f.name: (getattr(a, f.name), getattr(b, f.name))
+        for f in dataclasses.fields(a)
+        if getattr(a, f.name) != getattr(b, f.name)
+    }
+
+
+def resolve_resume(
+    saved: OptimizerConfig,
+    current: OptimizerConfig,
+    mode: ResumeMode = "strict",
+    reset_optimizer_state: bool = False,
+) -> tuple[OptimizerConfig, bool]:
+    """Which optimizer config a resumed run uses, and whether its state must start fresh.
+
+    Megatron's rules: ``override`` takes the current config's values; ``checkpoint`` takes the
+    checkpoint's, except ``current.fixed_fields`` (OLMo-core), which are never taken from a
+    checkpoint; ``strict`` (the default) requires them to be equal and otherwise fails naming
+    every differing field. The step count always comes from the checkpoint (the trainer's job).
+    A different optimizer type fails unless ``reset_optimizer_state``, which starts the new
+    optimizer's state from scratch (the returned flag).
+    """
+    if mode not in ("strict", "override", "checkpoint"):
+        raise ConfigError(f"optimizer_resume={mode!r}: must be one of 'strict', 'override', 'checkpoint'")
+    if type(saved) is not type(current):
+        saved_name, current_name = saved.kind(), current.kind()
+        if reset_optimizer_state:
+            return current, True
+        raise ConfigError(
+            f"optimizer.type={current_name!r} but the checkpoint was trained with {saved_name!r}: "
+            "pass reset_optimizer_state=true to start the new optimizer's state from scratch"
+        )
+    if mode == "override" or reset_optimizer_state:
+        return current, reset_optimizer_state
+    if mode == "checkpoint":
+        keep = {name: getattr(current, name) for name in current.fixed_fields}
+        return dataclasses.replace(saved, **keep), False
+    diffs = config_differences(saved, current)
+    if diffs:
+        listed = ", ".join(f"{k} (checkpoint {a!r}, config {b!r})" for k, (a, b) in sorted(diffs.items()))
+        raise ConfigError(
+            f"optimizer config differs from the checkpoint's in {listed}; pass optimizer_resume=override "
+            "to use the config's values or optimizer_resume=checkpoint to use the checkpoint's"
+        )
+    return current, False
