@@ -46,9 +46,9 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from optimizer_step import compiled_memory, fresh_copy
+from opt_bench import compiled_memory, fresh_copy
 
-from marin_optim.transforms.clipping import global_norm
+from marin_optim.transforms import global_norm
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NUM_TRAIN_STEPS = 1000

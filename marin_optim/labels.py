@@ -256,12 +256,6 @@ def _is_leaf(x: Any) -> bool:
     return haliax.is_named_array(x) or x is None or isinstance(x, optax.MaskedNode)
 
 
-def _axis_names(spec: Any) -> tuple[str, ...]:
-    if isinstance(spec, (tuple, list)):
-        return tuple(a if isinstance(a, str) else a.name for a in spec)
-    return (spec if isinstance(spec, str) else spec.name,)
-
-
 @dataclass
 class _Leaf:
     """Everything the rules look at for one leaf."""
@@ -541,11 +535,6 @@ def _plain_axes(leaf: _Leaf, batch: tuple[int, ...] = ()) -> MatrixAxes | None:
     if len(core) < 2:
         return None
     return MatrixAxes(leaf.shape, (core[-2],), (core[-1],))
-
-
-def label_params(params: PyTree, overrides: Mapping[str, str] | None = None) -> PyTree:
-    """Shorthand for ``ParamLabeler(overrides).labels(params)``."""
-    return ParamLabeler(overrides or {}).labels(params)
 
 
 def describe_labels(params: PyTree, overrides: Mapping[str, str] | None = None) -> str:

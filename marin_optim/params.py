@@ -125,10 +125,3 @@ def weight_decay_mask(
         )
 
     return mask_fn
-
-
-def describe_mask(mask: PyTree, params: PyTree) -> list[tuple[str, Any]]:
-    """``[(path, value), ...]`` for every parameter leaf: a printable view of a mask or label tree."""
-    paths = jax.tree.leaves(leaf_paths(params), is_leaf=is_leaf)
-    values = jax.tree.leaves(mask, is_leaf=lambda x: is_leaf(x) or isinstance(x, (bool, str)))
-    return list(zip(paths, values, strict=True))

@@ -329,7 +329,8 @@ class AdamaxConfig(OptimizerConfig):
 
 
 def test_design_adamax_written_outside_the_package(tmp_path):
-    """The DESIGN.md AdamaxConfig, verbatim, in a user's file: Python, YAML and the CLI."""
+    """A Levanter-style AdamaxConfig with its own build (Marin's speedrun guide), in a user's file:
+    Python, YAML and the CLI."""
     (tmp_path / "user_adamax.py").write_text(DESIGN_ADAMAX)
     script = textwrap.dedent(
         """

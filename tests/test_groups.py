@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from marin_optim import AdamConfig, ConfigError, LionConfig, hyperparams
-from marin_optim.transforms.clipping import global_norm
+from marin_optim.transforms import global_norm
 
 OVERRIDES = [
     {"params": ["*embed*", "*norm*"], "weight_decay": 0.0},

@@ -1,4 +1,4 @@
-"""A user-defined optimizer, registered in the script itself: Adamax exactly as DESIGN.md writes it.
+"""A user-defined optimizer, registered in the script itself: a Levanter-style Adamax with its own build.
 
 marin_optim ships its own ``adamax``; a class defined outside the package may take over the name
 (the library logs the replacement), so this script works as written, from Python, YAML

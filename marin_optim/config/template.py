@@ -26,8 +26,9 @@ import optax
 
 from marin_optim.config.groups import DEFAULT_GROUP, group_hp, label_groups, parameter_groups
 from marin_optim.state import GROUP_SEPARATOR
+from marin_optim.transforms._tree import tree_select
 from marin_optim.transforms.clipping import clip_by_global_norm
-from marin_optim.transforms.guards import find_guard_state, skip_step_guard, tree_select
+from marin_optim.transforms.guards import find_guard_state, skip_step_guard
 from marin_optim.transforms.single_pass import single_pass
 from marin_optim.validation import check_num_train_steps
 

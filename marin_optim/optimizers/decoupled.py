@@ -15,7 +15,7 @@ from typing import Any
 import optax
 
 from marin_optim.config import OptimizerConfig, check_positive, check_range
-from marin_optim.transforms.decoupled import decoupled_weight_decay
+from marin_optim.transforms.decoupled import add_relative_decayed_weights
 from marin_optim.transforms.outliers import clip_outlier_norms, scale_by_adalr_lion
 
 GROUP = "LLM Foundry (decay scaled by lr/initial_lr)"
@@ -35,7 +35,9 @@ class _DecoupledDecay(OptimizerConfig):
         parts = [self.direction(), optax.scale_by_learning_rate(lr)]
         if self.uses_weight_decay:
             ratio = lr / self.learning_rate
-            parts.append(decoupled_weight_decay(hp["weight_decay"], ratio, self.build_weight_decay_mask()))
+            parts.append(
+                add_relative_decayed_weights(hp["weight_decay"], ratio, self.build_weight_decay_mask())
+            )
         return optax.chain(*parts)
 
 

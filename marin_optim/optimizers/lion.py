@@ -15,7 +15,7 @@ GROUP = "Sign-based"
 @OptimizerConfig.register_subclass("lion")
 @dataclass(frozen=True)
 class LionConfig(OptimizerConfig):
-    """Lion (EvoLved Sign Momentum) with decoupled weight decay; Levanter's defaults.
+    """Lion (EvoLved Sign Momentum) with decoupled weight decay; the paper's defaults.
 
     Update (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms",
     https://arxiv.org/abs/2302.06675, Algorithm 2)::
@@ -25,7 +25,8 @@ class LionConfig(OptimizerConfig):
         p = p - lr (u + wd p)
 
     Every coordinate moves by exactly lr, so Lion's learning rate is typically 3-10x smaller
-    than AdamW's and its weight decay 3-10x larger.
+    than AdamW's and its weight decay 3-10x larger. Defaults: lr 1e-4, beta2 0.99, weight decay
+    1.0 (the paper's); Levanter's ``lion`` defaults to lr 6e-4, beta2 0.95, weight decay 0.1.
     """
 
     learning_rate: float = 1e-4

@@ -19,7 +19,7 @@ import optax
 from marin_optim.config import OptimizerConfig, check_choice, check_int, check_positive
 from marin_optim.errors import ConfigError
 from marin_optim.labels import ParamLabeler
-from marin_optim.transforms.cautious_weight_decay import decoupled_weight_decay
+from marin_optim.transforms.cautious_weight_decay import add_decayed_weights
 from marin_optim.transforms.muon import LR_SCALINGS, scale_by_muon, scale_by_normuon
 from marin_optim.transforms.newton_schulz import NS_DTYPES, NS_PRESETS
 
@@ -86,8 +86,8 @@ class MatrixOptimizerConfig(OptimizerConfig):
         if not self.uses_weight_decay:
             return []
         return [
-            decoupled_weight_decay(
-                hp["weight_decay"], self.build_weight_decay_mask(), self.cautious_weight_decay
+            add_decayed_weights(
+                hp["weight_decay"], self.build_weight_decay_mask(), cautious=self.cautious_weight_decay
             )
         ]
 
@@ -160,7 +160,11 @@ class MuonConfig(MatrixAdamWConfig):
     with ``scale = sqrt(max(1, out/in))`` (``lr_scaling: spectral``) or ``0.2 sqrt(max(out,
     in))`` (``rms_norm``, Liu et al., 2025, https://arxiv.org/abs/2502.16982: use AdamW-like
     learning rate and weight decay). Embeddings, the output head, norms and biases use AdamW at
-    ``adam_lr`` (same schedule shape). Fields and defaults follow Levanter's ``muon``.
+    ``adam_lr`` (same schedule shape). Fields follow Levanter's ``muon``, with three differences:
+    the matrix learning rate ``learning_rate`` defaults to 0.02 (Levanter's to 6e-4, beside an
+    ``lr`` of 0.02 it never reads), the Newton-Schulz coefficients are ``ns_coefficients``
+    (default ``standard``; Levanter's ``coefficient_type`` defaults to quintic), and one clip
+    covers every parameter (Levanter clips only the AdamW branch).
     """
 
     learning_rate: float = 0.02

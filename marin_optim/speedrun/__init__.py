@@ -5,7 +5,7 @@
 command line's dotted overrides on top).
 """
 
-from marin_optim.speedrun.cli import run_script
+from marin_optim.cli.training import run_script
 from marin_optim.speedrun.compare import run_compare
 from marin_optim.speedrun.config import Author, DistributedConfig, SpeedrunConfig, TrainConfig
 from marin_optim.speedrun.data import DataConfig

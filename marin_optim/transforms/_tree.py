@@ -1,4 +1,4 @@
-"""Small tree helpers shared by the transforms of issue 5 (works on optax >= 0.2.4)."""
+"""Small tree helpers shared by the transforms (they work on optax >= 0.2.4)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ def global_norm(tree: PyTree) -> jax.Array:
     if not leaves:
         return jnp.zeros((), jnp.float32)
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def tree_select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+    """``on_true`` where the scalar ``pred`` holds, else ``on_false``, leaf by leaf (fusable)."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
 def increment(count: jax.Array) -> jax.Array:

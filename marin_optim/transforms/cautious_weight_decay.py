@@ -38,18 +38,19 @@ def add_cautious_decayed_weights(
     return optax.masked(tx, mask) if mask is not None else tx
 
 
-def decoupled_weight_decay(
+def add_decayed_weights(
     weight_decay: float | jax.Array,
     mask: PyTree | Callable[[PyTree], PyTree] | None,
+    *,
     cautious: bool,
 ) -> optax.GradientTransformation:
-    """``optax.add_decayed_weights``, or its cautious form when ``cautious``."""
+    """``optax.add_decayed_weights`` (``u + wd p``), or its cautious form when ``cautious``."""
     if cautious:
         return add_cautious_decayed_weights(weight_decay, mask)
     return optax.add_decayed_weights(weight_decay, mask)
 
 
-__all__ = ["add_cautious_decayed_weights", "decoupled_weight_decay"]
+__all__ = ["add_cautious_decayed_weights", "add_decayed_weights"]
 
 
 def _empty_state(params: Any) -> optax.EmptyState:

@@ -21,10 +21,10 @@ class ClipByGlobalNormState(NamedTuple):
         return {"grad_norm": self.grad_norm}
 
 
-def global_norm(tree: optax.Updates) -> jax.Array:
-    """``sqrt(sum_i ||g_i||^2)`` over every leaf, accumulated in float32 whatever the leaf dtype.
+def unfused_global_norm(tree: optax.Updates) -> jax.Array:
+    """``sqrt(sum_i ||g_i||^2)`` over every leaf, accumulated in float32, for an optimizer's input.
 
-    :func:`marin_optim.transforms._tree.global_norm` of the leaves, each read behind a (CPU-only,
+    :func:`marin_optim.transforms.global_norm` of the leaves, each read behind a (CPU-only,
     free) barrier so that XLA cannot merge this g^2 / float32 cast with the same expression in
     the optimizer (Adam's g * g) and write it to a temporary buffer.
     """
@@ -53,7 +53,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params, state
-        norm = global_norm(updates)
+        norm = unfused_global_norm(updates)
         # max_norm / norm is inf at norm == 0; min(1, inf) == 1 leaves zero gradients unchanged.
         scale = jnp.minimum(1.0, max_norm / norm)
         updates = jax.tree.map(lambda g: g * scale.astype(g.dtype), updates)

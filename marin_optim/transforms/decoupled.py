@@ -11,7 +11,7 @@ import optax
 PyTree = Any
 
 
-def decoupled_weight_decay(
+def add_relative_decayed_weights(
     weight_decay: float | jax.Array,
     lr_ratio: float | jax.Array,
     mask: PyTree | Callable[[PyTree], PyTree] | None = None,

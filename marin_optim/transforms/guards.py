@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from marin_optim.transforms.clipping import global_norm
+from marin_optim.transforms.clipping import unfused_global_norm
 from marin_optim.transforms.skipping import update_keeping_state_on_skip
 
 
@@ -44,11 +44,6 @@ def _window_stats(values: jax.Array, valid: jax.Array, n: jax.Array) -> tuple[ja
     mean = jnp.sum(jnp.where(valid, values, 0.0)) / n_f
     var = jnp.sum(jnp.where(valid, jnp.square(values - mean), 0.0)) / jnp.maximum(n_f - 1.0, 1.0)
     return mean, jnp.sqrt(var)
-
-
-def tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
-    """``on_true`` where the scalar ``pred`` holds, else ``on_false``, leaf by leaf (fusable)."""
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
 def skip_step_guard(
@@ -112,7 +107,7 @@ def skip_step_guard(
                 "skip_bad_steps needs the loss of every step: the trainer must call "
                 "update(grads, state, params, loss=loss)"
             )
-        grad_norm = global_norm(updates)
+        grad_norm = unfused_global_norm(updates)
         loss32 = jnp.asarray(0.0 if loss is None else loss, jnp.float32)
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss32)
 

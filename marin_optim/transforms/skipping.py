@@ -28,10 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-
-def select_tree(skipped: jax.Array, old: Any, new: Any) -> Any:
-    """``old`` where the scalar ``skipped`` holds, else ``new``, leaf by leaf."""
-    return jax.tree.map(lambda o, n: jnp.where(skipped, o, n), old, new)
+from marin_optim.transforms._tree import tree_select
 
 
 def materialize_on_cpu(x: jax.Array) -> jax.Array:
@@ -76,7 +73,7 @@ def update_keeping_state_on_skip(
         closed = None
     if closed is None or jax.tree.structure(s_shape) != state_tree:
         new_updates, new_state = update_fn(updates, state, params, **extra_args)
-        return new_updates, select_tree(skipped, state, new_state)
+        return new_updates, tree_select(skipped, state, new_state)
 
     jaxpr = closed.jaxpr
     n_updates = len(jax.tree.leaves(u_shape))

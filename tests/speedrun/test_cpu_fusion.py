@@ -61,7 +61,7 @@ def test_too_late_once_the_backend_has_started(monkeypatch):
 # and its temporary bytes.
 CHILD = r"""
 import contextlib, io, json, pathlib, re
-from marin_optim.speedrun.cli import speedrun_main
+from marin_optim.cli.training import speedrun_main
 from marin_optim.speedrun import results as res
 out = io.StringIO()
 with contextlib.redirect_stdout(out):

@@ -12,8 +12,8 @@ from speedrun_helpers import REPO, TINY_ARGS, last_json_line, run_python, tiny_c
 
 from marin_optim import ConfigError
 from marin_optim.cli import main
+from marin_optim.cli.training import compare_main, speedrun_main, split_compare_argv
 from marin_optim.speedrun import results as res
-from marin_optim.speedrun.cli import compare_main, speedrun_main, split_compare_argv
 from marin_optim.speedrun.compare import parse_optimizer_spec, run_compare, steps_to_target
 from marin_optim.speedrun.plots import Curve
 
@@ -59,7 +59,7 @@ def test_bad_input_fails_before_compiling_with_one_line(tmp_path):
             raise AssertionError("bad input reached compilation")
 
         trainer.make_step_functions = reached_compilation
-        from marin_optim.speedrun.cli import speedrun_main
+        from marin_optim.cli.training import speedrun_main
         out = {{}}
         for name, argv in {cases!r}.items():
             err = io.StringIO()

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from speedrun_helpers import TINY_ARGS, tiny_config
 
+from marin_optim.cli.training import speedrun_main
 from marin_optim.speedrun import results as res
 from marin_optim.speedrun import run_speedrun
 from marin_optim.speedrun.checkpoint import load_params
-from marin_optim.speedrun.cli import speedrun_main
 from marin_optim.transforms.guards import NonFiniteError
 
 ONE_DEVICE = ["--train.mesh.data", "1"]

@@ -1,38 +1,27 @@
-"""``marin-optim speedrun`` and ``marin-optim compare``: argv in, exit status out.
+"""The training verbs: ``speedrun``, ``compare``, ``params``, and ``run_script`` for speedrun scripts.
 
-Both take ``--config_path file.yaml`` and dotted overrides (``--train.num_train_steps 100``,
-``--optimizer.type lion``). Bad input prints one line to stderr and returns 2.
+Each takes speedrun options (``--config_path file.yaml`` and dotted overrides such as
+``--train.num_train_steps 100``). ``speedrun`` and ``compare`` set up the process first
+(:func:`marin_optim.runtime.setup_process`).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from marin_optim.cli.parsing import PROG, parse_config, run_guarded, split_options, wants_help
 from marin_optim.errors import ConfigError
 
-PROG = "marin-optim"
 TRAINING_VERBS = ("speedrun", "compare")
+"""Verbs that train (and so set up the process, re-executing a program for huge pages)."""
 
 
-def _parse(argv: Sequence[str]):
-    from marin_optim.cli import parse_config
+def _parse(argv: Sequence[str]) -> Any:
     from marin_optim.speedrun.config import SpeedrunConfig
 
     return parse_config(SpeedrunConfig, list(argv))
-
-
-def _one_line(e: BaseException) -> str:
-    try:
-        from marin_optim.cli import one_line
-
-        return one_line(e)
-    except ImportError:  # pragma: no cover - the top-level CLI is always there in a release
-        return " ".join(str(e).split())
-
-
-def _wants_help(argv: Sequence[str]) -> bool:
-    return any(a in ("-h", "--help") for a in argv)
 
 
 def _print_help(verb: str) -> None:
@@ -54,34 +43,18 @@ def _print_help(verb: str) -> None:
         pass
 
 
-def _guarded(verb: str, body: Callable[[], object]) -> int:
-    """Runs ``body`` with the CLI's error contract: bad input -> one line and 2; a run stopped by
-    its non-finite guard -> one line and 1; Ctrl-C -> 130. Training verbs first switch on
-    XLA:CPU multi-output fusion for this process (:mod:`marin_optim.xla`)."""
-    if verb in TRAINING_VERBS:
-        from marin_optim.xla import configure_training_process
+def _training(verb: str, body: Callable[[], None], *, program: bool = False) -> int:
+    """``body`` under the CLI's error contract, in a process set up for training."""
+    from marin_optim.runtime import setup_process
 
-        configure_training_process()
-    from marin_optim.transforms.guards import NonFiniteError
-
-    try:
-        body()
-    except ConfigError as e:
-        print(f"{PROG} {verb}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except NonFiniteError as e:
-        print(f"{PROG} {verb}: stopped: {_one_line(e)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        hint = " (resume with --resume true)" if verb == "speedrun" else ""
-        print(f"{PROG} {verb}: interrupted{hint}", file=sys.stderr)
-        return 130
-    return 0
+    setup_process(program=program)
+    hint = " (resume with --resume true)" if verb == "speedrun" else ""
+    return run_guarded(f"{PROG} {verb}", body, interrupted=f"interrupted{hint}")
 
 
 def speedrun_main(argv: list[str]) -> int:
     """``marin-optim speedrun [--config_path f.yaml] [--a.b value ...]``."""
-    if _wants_help(argv):
+    if wants_help(argv):
         _print_help("speedrun")
         return 0
 
@@ -90,12 +63,12 @@ def speedrun_main(argv: list[str]) -> int:
 
         run_speedrun(_parse(argv))
 
-    return _guarded("speedrun", body)
+    return _training("speedrun", body)
 
 
 def params_main(argv: list[str]) -> int:
     """``marin-optim params [speedrun options]``: what the optimizer does to each model parameter."""
-    if _wants_help(argv):
+    if wants_help(argv):
         print(
             f"usage: {PROG} params [--config_path f.yaml] [speedrun options]\n\n"
             "Prints every parameter of the speedrun model with its optimizer group, learning rate\n"
@@ -110,25 +83,23 @@ def params_main(argv: list[str]) -> int:
         print(f"{cfg.optimizer_name} on model {cfg.model.preset}:")
         print(cfg.optimizer.param_table(abstract_params(cfg.model)))
 
-    return _guarded("params", body)
+    return run_guarded(f"{PROG} params", body)
 
 
-def run_script(config, argv: Sequence[str] | None = None) -> int:
+def run_script(config: Any, argv: Sequence[str] | None = None) -> int:
     """Runs a script's ``SpeedrunConfig`` with the command line's overrides on top; returns the exit status.
 
     ``python experiments/speedrun/lion.py --train.num_train_steps 50`` changes one field and keeps
     the rest of the script's config (the optimizer included). Bad input prints one line and
-    returns 2, like the CLI.
+    returns 2, like the CLI. Called with ``argv=None`` (the script run as a program) it may
+    re-execute the process for huge pages (:mod:`marin_optim.runtime`).
     """
     import os
     import tempfile
 
-    if argv is None:  # the script run as a program: restart with huge pages (marin_optim/host.py)
-        from marin_optim.host import reexec_with_malloc_hugepages
-
-        reexec_with_malloc_hugepages()
+    program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    if _wants_help(argv):
+    if wants_help(argv):
         _print_help("speedrun")
         return 0
 
@@ -150,7 +121,7 @@ def run_script(config, argv: Sequence[str] | None = None) -> int:
                 os.unlink(path)
         run_speedrun(cfg)
 
-    return _guarded("speedrun", body)
+    return _training("speedrun", body, program=program)
 
 
 def split_compare_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str], dict[str, str], list[str]]:
@@ -162,20 +133,8 @@ def split_compare_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str], 
     options: dict[str, str] = {}
     shared: dict[str, str] = {}
     rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise ConfigError(
-                f"compare: unexpected argument {arg!r}: optimizer names come first, then --name value options"
-            )
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv):
-                raise ConfigError(f"--{key}: missing a value")
-            value = argv[i + 1]
-            i += 1
-        i += 1
+    what = "optimizer names come first, then --name value options"
+    for key, value in split_options(argv, what=what):
         if key in ("target_loss", "output_dir"):
             options[key] = value
         elif key.startswith("optimizer."):
@@ -192,7 +151,7 @@ def split_compare_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str], 
 
 def compare_main(argv: list[str]) -> int:
     """``marin-optim compare adamw lion [--target_loss X] [--output_dir DIR] [speedrun options]``."""
-    if _wants_help(argv):
+    if wants_help(argv):
         _print_help("compare")
         return 0
 
@@ -217,4 +176,4 @@ def compare_main(argv: list[str]) -> int:
             base, optimizers, output_dir=options.get("output_dir", DEFAULT_OUTPUT_DIR), target_loss=target
         )
 
-    return _guarded("compare", body)
+    return _training("compare", body)
