@@ -19,9 +19,10 @@ import pytest
 import torch
 
 import marin_optim.transforms.single_pass as single_pass
-from marin_optim import OptimizerConfig, hyperparams
+from marin_optim import ConfigError, OptimizerConfig, hyperparams
 from marin_optim.optimizers.adam import AdamConfig, AdamWConfig
 from marin_optim.optimizers.rms import RMSPropConfig
+from marin_optim.transforms.single_pass import ONE_PASS
 
 STEPS = 20
 CLIP = 2.0
@@ -212,6 +213,9 @@ def test_same_state_as_the_chain_up_to_rounding(name, forced, monkeypatch):
     chain = _run(cfg)
     for (p1, s1), (p2, s2) in zip(fused, chain, strict=True):
         assert jax.tree.structure(s1) == jax.tree.structure(s2)
+        # The state records which path ran (hyperparams(state)["one_pass"]); all else is equal.
+        assert (float(s1.hyperparams[ONE_PASS]), float(s2.hyperparams[ONE_PASS])) == (1.0, 0.0)
+        s1, s2 = (s._replace(hyperparams={**s.hyperparams, ONE_PASS: 0.0}) for s in (s1, s2))
         for x, y in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2)), strict=True):
             # Elementwise 1e-5, and 1e-6 of the array's scale where an entry cancels to near 0
             # (a momentum of alternating gradients): rounding, not a different rule.
@@ -285,3 +289,41 @@ def test_bfloat16_leaves_fall_back_to_the_chain(forced, monkeypatch):
     monkeypatch.setattr(single_pass, "single_pass_active", lambda: False)
     u2, _ = tx.update(g, tx.init(params), params)
     np.testing.assert_array_equal(u1["w"], u2["w"])
+
+
+def test_update_path_is_selectable_and_visible(monkeypatch):
+    params = {"w": jnp.ones((3, 2)), "bias": jnp.ones(2)}
+    g = jax.tree.map(lambda x: x * 0.3, params)
+
+    def path_taken(cfg):
+        tx = cfg.build(10)
+        _, state = tx.update(g, tx.init(params), params)
+        return float(hyperparams(state)[ONE_PASS])
+
+    monkeypatch.setattr(single_pass, "single_pass_active", lambda: False)  # as without the fusion pass
+    assert AdamWConfig().update_path_plan() == ("chain", "XLA:CPU multi-output fusion is off")
+    assert path_taken(AdamWConfig()) == 0.0
+    assert AdamWConfig(update_path="one_pass").update_path_plan()[0] == "one_pass"
+    assert path_taken(AdamWConfig(update_path="one_pass")) == 1.0
+    monkeypatch.setattr(single_pass, "single_pass_active", lambda: True)
+    assert AdamWConfig().update_path_plan() == ("one_pass", "adamw rule, XLA:CPU multi-output fusion on")
+    assert path_taken(AdamWConfig(update_path="chain")) == 0.0
+    # Options the rule does not cover: the reason, and an error when one_pass is asked for.
+    assert AdamWConfig(nesterov=True).update_path_plan()[0] == "chain"
+    with pytest.raises(ConfigError, match=r"adamw\.update_path='one_pass': .*nesterov"):
+        AdamWConfig(nesterov=True, update_path="one_pass").build(10)
+    with pytest.raises(ConfigError, match="update_path"):
+        AdamWConfig(update_path="fast")
+    assert ONE_PASS not in hyperparams(_state_of(OptimizerConfig.get_choice_class("nadamw")(), params, g))
+
+
+def _state_of(cfg, params, g):
+    tx = cfg.build(10)
+    return tx.update(g, tx.init(params), params)[1]
+
+
+def test_a_fallback_says_why(forced, caplog):
+    params = {"w": jnp.ones((3, 2), jnp.bfloat16)}
+    state = _state_of(AdamWConfig(), params, jax.tree.map(lambda x: x * 0.3, params))
+    assert "falls back to the chain: leaves of dtype bfloat16" in caplog.text
+    assert float(hyperparams(state)[ONE_PASS]) == 0.0

@@ -21,7 +21,7 @@ import optax
 import yaml
 
 from marin_optim.config import groups as _groups
-from marin_optim.config.template import build_optimizer
+from marin_optim.config.template import build_optimizer, resolve_update_path
 from marin_optim.errors import ConfigError, decode_config, did_you_mean
 from marin_optim.params import weight_decay_mask
 from marin_optim.registry import NamedRegistry
@@ -103,6 +103,11 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
     """Threshold of skip_bad_steps, in standard deviations."""
     skip_advances_schedule: bool = False
     """Whether a skipped step advances the LR schedule (False: it does not, as in Megatron)."""
+    update_path: Literal["auto", "one_pass", "chain"] = "auto"
+    """How elementwise optimizers with a one-pass rule update each parameter: auto = in one memory
+    pass where XLA:CPU multi-output fusion is on (marin_optim.runtime), else the chain; one_pass =
+    always (an error for options without a rule); chain = never. Same rule either way, equal up
+    to float32 rounding; hyperparams(state)["one_pass"] says which ran."""
     group_overrides: list[dict[str, Any]] | None = None
     """Parameter groups: [{params: ["*embed*"], weight_decay: 0.0}, {params: ["lm_head*"],
     lr_multiplier: 0.5, name: head}]; fnmatch patterns over parameter paths, any field per group."""
@@ -185,6 +190,7 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
         if self.tokens_per_step is not None:
             check_positive(self, "tokens_per_step")
         _check_cycles(self)
+        check_choice(self, "update_path", ("auto", "one_pass", "chain"))
         check_range(self, "max_nonfinite_steps", 0)
         check_range(self, "skip_window", 2)
         check_positive(self, "skip_sigma")
@@ -302,6 +308,10 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
         state as the chain, equal to it up to float32 rounding.
         """
         return None
+
+    def update_path_plan(self) -> tuple[str, str]:
+        """``("one_pass" | "chain", why)``: the path :meth:`build` takes in this process now."""
+        return resolve_update_path(self)
 
     def single_pass_unsupported(self) -> str | None:
         """Why :meth:`build` keeps the plain chain even where the one-pass form runs, or ``None``.

@@ -38,6 +38,7 @@ GLOBAL_FIELDS = frozenset(
         "fixed_fields",
         "schedule_units",
         "tokens_per_step",
+        "update_path",
     }
 )
 

@@ -24,13 +24,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import marin_optim.transforms.single_pass as single_pass_module
 from marin_optim.config.groups import DEFAULT_GROUP, group_hp, label_groups, parameter_groups
+from marin_optim.errors import ConfigError
 from marin_optim.state import GROUP_SEPARATOR
 from marin_optim.transforms._tree import tree_select
 from marin_optim.transforms.clipping import clip_by_global_norm
 from marin_optim.transforms.guards import find_guard_state, skip_step_guard
-from marin_optim.transforms.single_pass import single_pass
-from marin_optim.validation import check_num_train_steps
+from marin_optim.transforms.single_pass import ONE_PASS, single_pass
+from marin_optim.validation import check_num_train_steps, where_of
 
 if TYPE_CHECKING:
     from marin_optim.config.base import OptimizerConfig
@@ -75,20 +77,44 @@ def build_optimizer(cfg: OptimizerConfig, num_train_steps: int) -> optax.Gradien
             )
         return inner
 
+    rule = cfg.single_pass_rule()
+    path, _ = resolve_update_path(cfg)
+    if rule is not None:  # which path ran, for every optimizer that has one
+        schedules[ONE_PASS] = 1.0 if path == "one_pass" else 0.0
     tx = inject_hyperparams(make, schedules)
     if guarded and not cfg.skip_advances_schedule:
         tx = _hold_schedule_on_skip(tx)
     tx = _own_state_buffers(tx)
-    rule = cfg.single_pass_rule()
-    if rule is not None and cfg.single_pass_unsupported() is None:
+    if rule is not None and path == "one_pass":
+        decay_mask = (cfg.build_weight_decay_mask() or True) if cfg.uses_weight_decay else False
         tx = single_pass(
-            tx,
-            rule,
-            max_grad_norm=cfg.max_grad_norm,
-            weight_decay_mask=(cfg.build_weight_decay_mask() or True) if cfg.uses_weight_decay else False,
+            tx, rule, max_grad_norm=cfg.max_grad_norm, weight_decay_mask=decay_mask, enabled=True
         )
     _BUILT_BY[tx.update] = cfg
     return tx
+
+
+def resolve_update_path(cfg: OptimizerConfig) -> tuple[str, str]:
+    """``("one_pass" | "chain", why)`` for ``cfg`` in this process (``OptimizerConfig.update_path``).
+
+    ``auto`` takes the one-pass form where the config has a rule its options allow and the
+    process runs XLA:CPU with multi-output fusion on; ``one_pass`` without a usable rule is a
+    ``ConfigError`` naming the reason.
+    """
+    if cfg.update_path == "chain":
+        return "chain", "update_path: chain"
+    unsupported = cfg.single_pass_unsupported()
+    if unsupported is not None:
+        if cfg.update_path == "one_pass":
+            raise ConfigError(f"{where_of(cfg, 'update_path')}='one_pass': {unsupported}")
+        return "chain", unsupported
+    rule = cfg.single_pass_rule()
+    assert rule is not None  # single_pass_unsupported() says so otherwise
+    if cfg.update_path == "one_pass":
+        return "one_pass", f"{rule.name} rule (update_path: one_pass)"
+    if not single_pass_module.single_pass_active():
+        return "chain", "XLA:CPU multi-output fusion is off"
+    return "one_pass", f"{rule.name} rule, XLA:CPU multi-output fusion on"
 
 
 def built_by(tx: Any) -> OptimizerConfig | None:

@@ -29,7 +29,7 @@ from marin_optim.transforms.radam import scale_by_radam
 from marin_optim.transforms.rmsprop import scale_by_rmsprop_momentum
 from marin_optim.transforms.rprop import scale_by_rprop
 from marin_optim.transforms.sam import sam_gradient
-from marin_optim.transforms.single_pass import OnePassRule, single_pass
+from marin_optim.transforms.single_pass import OnePassRule
 
 __all__ = [
     "NonFiniteError",
@@ -64,7 +64,6 @@ __all__ = [
     "scale_by_radam",
     "scale_by_rmsprop_momentum",
     "scale_by_rprop",
-    "single_pass",
     "skip_step_guard",
     "tree_select",
     "unfused_global_norm",

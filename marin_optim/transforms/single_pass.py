@@ -22,6 +22,7 @@ float32 rounding (the folded coefficients round differently).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,11 @@ from marin_optim.transforms.adagrad import ScaleByAdagradState
 from marin_optim.transforms.clipping import ClipByGlobalNormState
 from marin_optim.transforms.guards import find_guard_state
 from marin_optim.transforms.rmsprop import ScaleByRmspropMomentumState
+
+logger = logging.getLogger(__name__)
+
+ONE_PASS = "one_pass"
+"""The injected hyperparameter that says which path a step took (1: one pass, 0: the chain)."""
 
 LeafFn = Callable[..., tuple[tuple[jax.Array, ...], jax.Array]]
 """``leaf(g, *moments) -> (new moments, step)``: the new parameter is ``p - step - lr wd p``."""
@@ -107,25 +113,43 @@ def single_pass(
     On a skipped step (the guard's ``last_skipped``) moments and parameters stay bitwise
     unchanged, as with the chain.
 
-    ``enabled``: ``None`` decides when traced (:func:`single_pass_active`); ``True`` forces the
-    one-pass form (tests), ``False`` the plain chain. A call without ``params``, with leaves or
-    moments that are not all float32, or whose state does not hold each of ``rule.moments``'
-    classes exactly once, uses the plain chain.
+    ``enabled``: ``True`` takes the one-pass form (what ``OptimizerConfig.build`` passes when its
+    ``update_path`` resolves to it), ``False`` the plain chain, ``None`` decides when traced
+    (:func:`single_pass_active`). A call the form cannot take falls back to the plain chain and
+    logs why (once per trace): no ``params``, leaves or moments that are not all float32, or a
+    state that does not hold each of ``rule.moments``' classes exactly once. Where the injected
+    hyperparameters hold :data:`ONE_PASS`, it is set to 1 or 0 by the path each step took.
     """
+
+    def chain(updates, state, params, reason: str | None, **extra_args):
+        if reason is not None:
+            logger.warning("%s rule: the one-pass form falls back to the chain: %s", rule.name, reason)
+        new_updates, new_state = tx.update(updates, state, params, **extra_args)
+        return new_updates, _mark(new_state, 0.0)
 
     def update_fn(updates, state, params=None, **extra_args):
         active = single_pass_active() if enabled is None else enabled
-        leaves = jax.tree.leaves((updates, params))
-        if not active or params is None or any(jnp.asarray(x).dtype != jnp.float32 for x in leaves):
-            return tx.update(updates, state, params, **extra_args)
+        if not active:
+            return chain(updates, state, params, None, **extra_args)
+        if params is None:
+            return chain(updates, state, params, "update() got no params", **extra_args)
+        dtypes = {str(jnp.asarray(x).dtype) for x in jax.tree.leaves((updates, params))} - {"float32"}
+        if dtypes:
+            return chain(updates, state, params, f"leaves of dtype {', '.join(sorted(dtypes))}", **extra_args)
         _, new_state = tx.update(updates, state, params, **extra_args)
         classes = list(dict.fromkeys(cls for cls, _ in rule.moments))
         found = {cls: (_only(state, cls), _only(new_state, cls)) for cls in classes}
-        if any(len(old) != 1 or len(new) != 1 for old, new in found.values()):
-            return tx.update(updates, state, params, **extra_args)
+        missing = [cls.__name__ for cls, (old, new) in found.items() if len(old) != 1 or len(new) != 1]
+        if missing:
+            why = f"the state does not hold exactly one {', '.join(missing)}"
+            return chain(updates, state, params, why, **extra_args)
         moments = [getattr(found[cls][0][0], name) for cls, name in rule.moments]
-        if any(x.dtype != jnp.float32 for x in jax.tree.leaves(moments)):
-            return tx.update(updates, state, params, **extra_args)
+        dtypes = {str(x.dtype) for x in jax.tree.leaves(moments)} - {"float32"}
+        if dtypes:
+            return chain(
+                updates, state, params, f"moments of dtype {', '.join(sorted(dtypes))}", **extra_args
+            )
+        new_state = _mark(new_state, 1.0)
 
         hp = new_state.hyperparams
         lr = jnp.asarray(hp["learning_rate"], jnp.float32)
@@ -166,6 +190,14 @@ def single_pass(
         return columns[-1], new_state
 
     return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
+def _mark(state: Any, value: float) -> Any:
+    """``state`` (``inject_hyperparams``'s, outermost) with :data:`ONE_PASS` set, where it is injected."""
+    hyperparams = getattr(state, "hyperparams", None)
+    if not isinstance(hyperparams, dict) or ONE_PASS not in hyperparams:
+        return state
+    return state._replace(hyperparams={**hyperparams, ONE_PASS: jnp.asarray(value, jnp.float32)})
 
 
 def _count(state: Any) -> jax.Array:
