@@ -16,8 +16,13 @@ type only as a *direct* subclass of ``ChoiceRegistry``, so this is a plain mixin
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import functools
+import inspect
+import itertools
 import logging
+import textwrap
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -121,3 +126,33 @@ class NamedRegistry:
     def describe(cls) -> str:
         """The first line of the class docstring."""
         return first_line(cls.__doc__)
+
+    @classmethod
+    def field_doc(cls, name: str) -> str:
+        """The docstring written under field ``name`` (in this class or the nearest base that has
+        one), on one line; generated classes may carry it in the field's ``metadata["doc"]``."""
+        for klass in cls.__mro__:
+            doc = _field_docstrings(klass).get(name)
+            if doc:
+                return doc
+        for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ():
+            if f.name == name and f.metadata.get("doc"):
+                return " ".join(str(f.metadata["doc"]).split())
+        return ""
+
+
+@functools.cache
+def _field_docstrings(klass: type) -> dict[str, str]:
+    """``{field: docstring}`` of the string literals that follow annotated fields in ``klass``'s source."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+    except (OSError, TypeError, SyntaxError):  # built-in, generated or source-less classes
+        return {}
+    body = next((node.body for node in tree.body if isinstance(node, ast.ClassDef)), [])
+    docs: dict[str, str] = {}
+    for node, after in itertools.pairwise(body):
+        is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and is_doc:
+            if isinstance(after.value.value, str):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs

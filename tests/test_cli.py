@@ -139,3 +139,20 @@ def test_yaml_schedule_as_a_bare_name(capsys, tmp_path):
     rc, out, err = run(capsys, "schedule", "--config_path", str(cfg))
     assert rc == 0, err
     assert "'type': 'linear'" in out.splitlines()[0]
+
+
+def test_show_writes_defaults_as_yaml_and_every_field_has_a_doc_line(capsys):
+    import dataclasses
+
+    from marin_optim import OptimizerConfig
+    from marin_optim.schedules import ScheduleConfig
+
+    assert main(["show", "adam"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert "exponent" not in rows["lr_schedule"]  # a schedule at its defaults is written by name
+    assert " cosine " in rows["lr_schedule"] and " null " in rows["min_lr"] and " 1.0e-08 " in rows["epsilon"]
+    assert " true " in rows["skip_nonfinite"] and " steps " in rows["schedule_units"]
+    for registry in (OptimizerConfig, ScheduleConfig):
+        for name, cls in registry.registered().items():
+            undocumented = [f.name for f in dataclasses.fields(cls) if not cls.field_doc(f.name)]
+            assert not undocumented, (name, undocumented)

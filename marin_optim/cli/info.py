@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import draccus
+import yaml
 
 from marin_optim.cli.parsing import PROG, parse_config
 from marin_optim.config import OptimizerConfig, check_num_train_steps
@@ -83,23 +83,19 @@ def cmd_levanter(argv: Sequence[str]) -> int:
     return levanter_main(list(argv), prog=f"{PROG} levanter")
 
 
-def _field_doc(cls: type, name: str) -> str:
-    from draccus.wrappers.docstring import get_attribute_docstring
+def as_written(value: Any) -> str:
+    """A default as a user writes it in YAML: ``cosine`` (a schedule at its defaults, by name),
+    ``{type: wsd, decay: 0.2}``, ``1.0e-08``, ``null``, ``[]``."""
+    from marin_optim.schedules import ScheduleConfig, encode_schedule
 
-    for klass in cls.__mro__:
-        if not dataclasses.is_dataclass(klass) or name not in inspect.get_annotations(klass):
-            continue
-        try:
-            doc = get_attribute_docstring(klass, name)
-        except Exception:
-            continue
-        text = doc.docstring_below or doc.comment_inline or doc.comment_above
-        if text:
-            return " ".join(text.split())
-    for f in dataclasses.fields(cls):  # generated configs (optax_*) carry their docs in metadata
-        if f.name == name and f.metadata.get("doc"):
-            return " ".join(str(f.metadata["doc"]).split())
-    return ""
+    if isinstance(value, ScheduleConfig):
+        if value == type(value)():
+            return value.type_name
+        value = encode_schedule(value)
+    elif dataclasses.is_dataclass(value):
+        value = draccus.encode(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("\n...").strip()
 
 
 def _type_str(tp: Any) -> str:
@@ -139,13 +135,13 @@ def cmd_show(argv: Sequence[str]) -> int:
     hints = typing.get_type_hints(cls)
     rows = []
     for f in dataclasses.fields(cls):
-        default = (
-            f.default
-            if f.default is not dataclasses.MISSING
-            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
-        )
-        shown = draccus.encode(default) if dataclasses.is_dataclass(default) else default
-        rows.append((f.name, _type_str(hints.get(f.name, Any)), repr(shown), _field_doc(cls, f.name)))
+        if f.default is not dataclasses.MISSING:
+            shown = as_written(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            shown = as_written(f.default_factory())
+        else:
+            shown = "(required)"
+        rows.append((f.name, _type_str(hints.get(f.name, Any)), shown, cls.field_doc(f.name)))
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     print("\nFields:")
     for r in rows:
