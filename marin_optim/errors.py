@@ -47,6 +47,11 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
 
     Matching ignores case and underscores, so ``lr`` finds ``learning_rate`` only if it is close;
     common abbreviations are mapped explicitly below.
+
+    >>> did_you_mean("lerning_rate", ["learning_rate", "weight_decay"])
+    " (did you mean 'learning_rate'?)"
+    >>> did_you_mean("lr", ["learning_rate"])
+    " (did you mean 'learning_rate'?)"
     """
     return suggest(close_matches(name, choices, n))
 

@@ -68,7 +68,12 @@ def _paths(tree: PyTree, with_classes: bool) -> PyTree:
 
 
 def leaf_paths(tree: PyTree) -> PyTree:
-    """A tree shaped like ``tree`` whose leaves are their dotted paths (``blocks.attn.q_proj.weight``)."""
+    """A tree shaped like ``tree`` whose leaves are their dotted paths (``blocks.attn.q_proj.weight``).
+
+    >>> import jax.numpy as jnp
+    >>> leaf_paths({"attn": {"q": jnp.ones(2)}, "norm": [jnp.ones(2)]})
+    {'attn': {'q': 'attn.q'}, 'norm': ['norm.0']}
+    """
     return _paths(tree, with_classes=False)
 
 
@@ -97,6 +102,11 @@ def weight_decay_mask(
     biases) only when no modules are named; ``True`` applies it on top of ``modules``; ``False``
     never applies it. With no modules and ``use_default=False`` the result is ``None``: every
     leaf is decayed.
+
+    >>> import jax.numpy as jnp
+    >>> mask = weight_decay_mask(None, None)  # Levanter's default rule
+    >>> mask({"proj": {"weight": jnp.ones((2, 2)), "bias": jnp.ones(2)}})
+    {'proj': {'bias': False, 'weight': True}}
     """
     if modules is None and use_default is False:
         return None

@@ -32,6 +32,14 @@ def hyperparams(opt_state: Any) -> dict[str, jax.Array]:
       prefixed with the key and ``/``: ``embeddings/learning_rate``.
 
     The values are device scalars; nothing here forces a host transfer.
+
+    >>> import jax.numpy as jnp
+    >>> from marin_optim import AdamConfig, hyperparams
+    >>> tx = AdamConfig(learning_rate=1e-2, warmup=0, update_path="chain").build(100)
+    >>> params = {"w": jnp.ones(3)}
+    >>> _, state = tx.update({"w": jnp.full(3, 2.0)}, tx.init(params), params)
+    >>> {k: round(float(v), 4) for k, v in sorted(hyperparams(state).items()) if not k.startswith("skip/")}
+    {'grad_norm': 3.4641, 'learning_rate': 0.01, 'one_pass': 0.0, 'weight_decay': 0.1}
     """
     out: dict[str, jax.Array] = {}
     _collect(opt_state, "", out)

@@ -52,7 +52,30 @@ _NONNEGATIVE_FIELDS = ("epsilon", "eps", "weight_decay", "muon_epsilon")
 
 @dataclass(frozen=True)
 class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
-    """Base class of every optimizer config: common fields, validation and the build template."""
+    """Base class of every optimizer config: common fields, validation and the build template.
+
+    A new optimizer names its fields and its update direction; ``build`` adds the global clip,
+    weight decay, schedules, guards and parameter groups:
+
+    >>> from dataclasses import dataclass
+    >>> import jax.numpy as jnp, optax
+    >>> from marin_optim import OptimizerConfig
+    >>> @OptimizerConfig.register_subclass("doc_adamax")
+    ... @dataclass(frozen=True)
+    ... class DocAdamax(OptimizerConfig):
+    ...     '''Adamax (an example).'''
+    ...     beta2: float = 0.95
+    ...     def direction(self) -> optax.GradientTransformation:
+    ...         return optax.scale_by_adamax(b2=self.beta2)
+    >>> cfg = OptimizerConfig.from_dict({"type": "doc_adamax", "learning_rate": 3e-3, "beta2": 0.99})
+    >>> tx = cfg.build(num_train_steps=1000)
+    >>> params = {"w": jnp.ones(4)}
+    >>> updates, state = tx.update({"w": jnp.ones(4)}, tx.init(params), params)
+    >>> DocAdamax(beta2=1.5)
+    Traceback (most recent call last):
+    ...
+    marin_optim.errors.ConfigError: doc_adamax.beta2=1.5: must be in [0, 1)
+    """
 
     learning_rate: float = 6e-4
     """Peak learning rate."""

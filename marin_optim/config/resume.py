@@ -40,6 +40,15 @@ def resolve_resume(
     every differing field. The step count always comes from the checkpoint (the trainer's job).
     A different optimizer type fails unless ``reset_optimizer_state``, which starts the new
     optimizer's state from scratch (the returned flag).
+
+    >>> from marin_optim import AdamConfig
+    >>> saved, now = AdamConfig(learning_rate=1e-3), AdamConfig(learning_rate=3e-3)
+    >>> resolve_resume(saved, now)
+    Traceback (most recent call last):
+    ...
+    marin_optim.errors.ConfigError: optimizer config differs from the checkpoint's in learning_rate ...
+    >>> resolve_resume(saved, now, "checkpoint")[0].learning_rate
+    0.001
     """
     if mode not in ("strict", "override", "checkpoint"):
         raise ConfigError(f"optimizer_resume={mode!r}: must be one of 'strict', 'override', 'checkpoint'")

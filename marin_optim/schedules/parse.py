@@ -48,6 +48,13 @@ def parse_schedule(
     A mapping without ``type`` is the default schedule (cosine) with those fields. Text that
     holds a mapping (``"{type: wsd, decay_style: cosine}"``, as the CLI or draccus may pass it)
     is read as YAML. Unknown names and fields raise ``ConfigError`` with the closest matches.
+
+    >>> parse_schedule({"type": "wsd", "decay_style": "cosine"})
+    WSDSchedule(decay_style='cosine', decay_fraction=0.2)
+    >>> parse_schedule("cosin")
+    Traceback (most recent call last):
+    ...
+    marin_optim.errors.ConfigError: lr_schedule='cosin': not a registered schedule (did you mean 'cosine' ...
     """
     if isinstance(value, ScheduleConfig):
         return value
@@ -94,7 +101,13 @@ def parse_schedule(
 def build_lr_schedule(
     schedule: ScheduleConfig | str | Mapping[str, Any], ctx: ScheduleContext
 ) -> optax.Schedule:
-    """The learning-rate schedule: ``step -> float32 LR``, jit-safe, checked before anything is traced."""
+    """The learning-rate schedule: ``step -> float32 LR``, jit-safe, checked before anything is traced.
+
+    >>> from marin_optim import ScheduleContext, build_lr_schedule
+    >>> lr = build_lr_schedule("cosine", ScheduleContext(peak_lr=1e-3, num_train_steps=100, warmup=10))
+    >>> [round(float(lr(step)), 6) for step in (0, 5, 10, 55, 100)]
+    [0.0, 0.0005, 0.001, 0.00055, 0.0001]
+    """
     return parse_schedule(schedule).build(ctx)
 
 
@@ -115,6 +128,10 @@ def weight_decay_schedule(
     With ``r = min(step, N) / N``: constant ``start``; linear ``start + (end - start) * r``;
     cosine ``start + (end - start) * 0.5 * (cos(pi * (1 - r)) + 1)``. Returns the float
     ``start`` when it is constant (``inject_hyperparams`` then holds it fixed).
+
+    >>> wd = weight_decay_schedule(0.1, 0.0, "linear", 100)
+    >>> [round(float(wd(step)), 3) for step in (0, 50, 100)]
+    [0.1, 0.05, 0.0]
     """
     fields = _WeightDecayFields(start, end, style)
     check_range(fields, "weight_decay", 0.0)
@@ -152,6 +169,11 @@ def key_steps(
 
     Step 0, the schedule's phase changes (end of warmup, end of stable, mid-decay, cycle
     starts...), the last step (``N - 1``) and one past the end (``N``).
+
+    >>> from marin_optim import ScheduleContext
+    >>> key_steps("wsd", ScheduleContext(peak_lr=1e-3, num_train_steps=100, warmup=10, decay=0.2))
+    [(0, 'start'), (10, 'end of warmup'), (80, 'end of stable, decay starts'), (90, 'mid-decay'),
+     (99, 'last step'), (100, 'past the end')]
     """
     schedule = parse_schedule(schedule)
     n = ctx.num_train_steps
@@ -163,5 +185,9 @@ def key_steps(
 
 
 def encode_schedule(schedule: ScheduleConfig | str | Mapping[str, Any]) -> dict[str, Any]:
-    """The YAML-ready mapping of a schedule, with its ``type`` (``draccus.encode(s)`` alone omits it)."""
+    """The YAML-ready mapping of a schedule, with its ``type`` (``draccus.encode(s)`` alone omits it).
+
+    >>> encode_schedule("wsd")
+    {'type': 'wsd', 'decay_style': 'linear', 'decay_fraction': 0.2}
+    """
     return draccus.encode(parse_schedule(schedule), ScheduleConfig)

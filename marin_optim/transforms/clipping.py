@@ -43,6 +43,13 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     the whole tree (which costs a separate memory pass per leaf). The pre-clip norm is kept in
     the state so trainers can log it (``hyperparams(state)["grad_norm"]``). A non-finite norm
     propagates into the updates; guards upstream decide what to do with such a step.
+
+    >>> import jax.numpy as jnp
+    >>> tx = clip_by_global_norm(1.0)
+    >>> g = {"a": jnp.array([3.0, 4.0])}
+    >>> clipped, state = tx.update(g, tx.init(g))
+    >>> clipped["a"].tolist(), float(state.grad_norm)
+    ([0.6000000238418579, 0.800000011920929], 5.0)
     """
     if not max_norm > 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
