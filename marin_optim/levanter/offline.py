@@ -152,7 +152,28 @@ def train_lm_config(
     cache_dir = out / "data" / f"{source}_s{seq_len}_n{num_rows}_seed{seed}"
     if not (cache_dir / "shard_ledger.json").exists():
         write_token_cache(cache_dir, speedrun_rows(source, seq_len=seq_len, num_rows=num_rows, seed=seed))
-    tokenizer = write_byte_tokenizer(out / "tokenizer", model_max_length=seq_len)
+    trainer = _trainer_section(
+        out, run_id, seed, num_train_steps, batch_size, checkpoint_every, watch_interval
+    )
+    if num_validation_sequences:
+        trainer.update(steps_per_eval=num_train_steps, max_eval_batches=1)
+    if mesh is not None:
+        trainer["mesh"] = dict(mesh)
+    if compilation_cache_dir is not None:
+        trainer["jax_compilation_cache_dir"] = str(compilation_cache_dir)
+    return {
+        "data": _data_section(out, cache_dir, source, batch_size, num_validation_sequences),
+        "model": _model_section(out, seq_len, hidden_dim, num_layers, num_heads),
+        "trainer": trainer,
+        "optimizer": dict(optimizer),
+        "train_seq_len": seq_len,
+    }
+
+
+def _data_section(
+    out: Path, cache_dir: Path, source: str, batch_size: int, num_validation_sequences: int | None
+) -> dict[str, Any]:
+    """The cache as one ``prebuilt`` component through the passthrough tokenizer, in file order."""
     component = {
         "type": "cached",
         "cache_dir": str(cache_dir),
@@ -168,12 +189,20 @@ def train_lm_config(
         "shuffle": False,
         "components": {source: component},
         "train_weights": {source: 1.0},
-        "mixture_block_size": batch_size,
+        "mixture_block_size": batch_size,  # one batch a block: no loader request wraps the cache
     }
     if num_validation_sequences:
         data["num_validation_sequences"] = {source: num_validation_sequences}
         data["shuffle_before_trainval_split"] = False
-    model = {
+    return data
+
+
+def _model_section(
+    out: Path, seq_len: int, hidden_dim: int, num_layers: int, num_heads: int
+) -> dict[str, Any]:
+    """A tiny Llama whose HF converter reads a local byte-level tokenizer (nothing is downloaded)."""
+    tokenizer = write_byte_tokenizer(out / "tokenizer", model_max_length=seq_len)
+    return {
         "type": "llama",
         "max_seq_len": seq_len,
         "hidden_dim": hidden_dim,
@@ -185,12 +214,24 @@ def train_lm_config(
         "tokenizer": tokenizer,
         "reference_checkpoint": tokenizer,
     }
-    trainer: dict[str, Any] = {
+
+
+def _trainer_section(
+    out: Path,
+    run_id: str,
+    seed: int,
+    num_train_steps: int,
+    batch_size: int,
+    checkpoint_every: int | None,
+    watch_interval: int | None,
+) -> dict[str, Any]:
+    """A CPU trainer logging through ``json_logger``, checkpointing under ``out``, evaluating never."""
+    return {
         "id": run_id,
         "seed": seed,
         "num_train_steps": num_train_steps,
         "train_batch_size": batch_size,
-        "steps_per_eval": num_train_steps if num_validation_sequences else 10 * num_train_steps + 1000,
+        "steps_per_eval": 10 * num_train_steps + 1000,
         "tracker": {"type": "json_logger"},
         "log_dir": str(out / "logs"),
         "checkpointer": {
@@ -205,19 +246,6 @@ def train_lm_config(
         "watch": {"watch_targets": ["grads", "params"], "interval": watch_interval}
         if watch_interval
         else {"watch_targets": [], "interval": 0},
-    }
-    if num_validation_sequences:
-        trainer["max_eval_batches"] = 1
-    if mesh is not None:
-        trainer["mesh"] = dict(mesh)
-    if compilation_cache_dir is not None:
-        trainer["jax_compilation_cache_dir"] = str(compilation_cache_dir)
-    return {
-        "data": data,
-        "model": model,
-        "trainer": trainer,
-        "optimizer": dict(optimizer),
-        "train_seq_len": seq_len,
     }
 
 
