@@ -289,3 +289,81 @@ def test_a_new_optax_optimizer_needs_no_code_change():
     _close(params, _direct(cls, cfg))
     with pytest.raises(ConfigError, match="unknown parameter 'betta'"):
         cls(betta=0.1)
+
+
+def test_every_parameter_is_typed_or_explained():
+    """A parameter whose type its default does not tell must be in ``_AMBIGUOUS``: a new one in a
+    new optax fails here (it would otherwise be hidden, or its optimizer unsupported)."""
+    for name, cls in reg.CONFIGS.items():
+        assert all(why != reg.UNLISTED for _, why in cls.OPTAX.hidden), name
+    for name, why in reg.UNSUPPORTED.items():
+        assert reg.UNLISTED not in why, name
+
+
+def test_parameters_typed_by_default_or_by_the_table():
+    def fancy(
+        learning_rate,
+        momentum=None,
+        ratio=0.5,
+        steps=3,
+        flag=False,
+        betas=(0.9, 0.99),
+        mu_dtype=None,
+        fn=jnp.sign,
+        mystery=None,
+    ) -> optax.GradientTransformationExtraArgs:
+        return optax.sgd(learning_rate)
+
+    def needy(learning_rate, mystery) -> optax.GradientTransformation:
+        return optax.sgd(learning_rate)
+
+    fake = types.SimpleNamespace(fancy=fancy, needy=needy)
+    specs, unsupported = reg.discover([("fakeoptax", fake)])
+    typed = {p.name: (p.type, p.default) for p in specs["fancy"].params}
+    assert typed == {
+        "momentum": (float | None, None),  # from the table
+        "ratio": (float, 0.5),
+        "steps": (int, 3),
+        "flag": (bool, False),
+        "betas": (tuple[float, ...], (0.9, 0.99)),
+        "mu_dtype": (str | None, None),
+    }
+    assert dict(specs["fancy"].hidden) == {"fn": "a callable", "mystery": reg.UNLISTED}
+    assert reg.UNLISTED in unsupported["needy"]
+
+
+def test_a_failing_probe_fails_the_build():
+    """The probes catch nothing they do not expect: a bug surfaces instead of a silent default."""
+
+    def broken(learning_rate, beta: float = 0.5) -> optax.GradientTransformation:
+        def init(params):
+            raise RuntimeError("broken init")
+
+        return optax.GradientTransformation(init, optax.sgd(learning_rate).update)
+
+    specs, _ = reg.discover([("fakeoptax", types.SimpleNamespace(broken=broken))])
+    cls = reg.make_config_class(specs["broken"])
+    with pytest.raises(RuntimeError, match="broken init"):
+        cls(**CONSTANT).build(10)
+
+
+def test_debug_nans_counts_as_breaking_at_zero_lr():
+    """With jax_debug_nans on, D-Adaptation's 0/0 at learning rate 0 raises FloatingPointError:
+    the probe's answer is still "breaks" (so the schedule is floored), not an error."""
+    if "dadapt_adamw" not in reg.CONFIGS:
+        pytest.skip("no optax.contrib.dadapt_adamw")
+    cls = reg.CONFIGS["dadapt_adamw"]
+    probe = reg.breaks_at_zero_lr.__wrapped__  # uncached: run it under the flag
+    with jax.debug_nans(True):
+        assert probe(cls.OPTAX, cls()._probe_key())
+    assert probe(cls.OPTAX, cls()._probe_key())
+    assert not probe(reg.CONFIGS["adam"].OPTAX, reg.CONFIGS["adam"]()._probe_key())
+
+
+def test_return_annotations_that_make_a_factory():
+    check = reg._returns_transformation
+    assert check(inspect.Signature.empty)
+    assert check(optax.GradientTransformation) and check(optax.GradientTransformationExtraArgs)
+    assert check(optax.GradientTransformationExtraArgs | None)
+    assert check("optax.GradientTransformation") and check("base.GradientTransformationExtraArgs")
+    assert not check(float) and not check("Schedule") and not check(optax.Schedule)

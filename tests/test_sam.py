@@ -180,3 +180,30 @@ def test_invalid_values_are_rejected():
     grouped = dataclasses.replace(_sgd(), group_overrides=[{"params": ["w"], "learning_rate": 0.01}])
     with pytest.raises(ConfigError, match="group_overrides"):
         _cls("sam")(base=grouped)
+
+
+def test_derived_configs_stack_and_survive_replace():
+    """``derive_config``: base's values in a subclass overriding methods; nesting stacks the
+    overrides (outer first) and ``dataclasses.replace`` (parameter groups) keeps them."""
+    from marin_optim.optimizers._wrapper import derive_config
+
+    calls: list[str] = []
+
+    def tagged(tag):
+        def update_rule(parent, self_, hp):
+            calls.append(tag)
+            return parent(hp)
+
+        return {"update_rule": update_rule}
+
+    base = _sgd(lr=0.1, weight_decay=0.01)
+    inner = derive_config(base, "Inner", tagged("inner"))
+    outer = derive_config(inner, "Outer", tagged("outer"))
+    assert type(outer).__name__ == "OuterInnerSGDConfig" and isinstance(outer, type(base))
+    assert {f.name: getattr(outer, f.name) for f in dataclasses.fields(base)} == {
+        f.name: getattr(base, f.name) for f in dataclasses.fields(base)
+    }
+    replaced = dataclasses.replace(outer, learning_rate=0.2)
+    assert type(replaced) is type(outer) and replaced.learning_rate == 0.2
+    replaced.update_rule({"learning_rate": 0.2, "weight_decay": 0.01})
+    assert calls == ["outer", "inner"]

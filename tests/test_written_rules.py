@@ -17,6 +17,7 @@ import optax
 import pytest
 
 from marin_optim.config import OptimizerConfig
+from marin_optim.optimizers.adaptive import duration_steps
 from marin_optim.optimizers.schedule_free import eval_params
 from marin_optim.state import hyperparams
 
@@ -173,6 +174,59 @@ def test_ademamix_logs_its_schedules():
     assert float(logged["ademamix_alpha"]) == pytest.approx(5.0 * 3 / 8)
     expected_b3 = math.exp(lb1 * lb3 / ((1 - frac) * lb3 + frac * lb1))
     assert float(logged["ademamix_beta3"]) == pytest.approx(expected_b3, rel=1e-6)
+
+
+def test_cautious_ademamix_masks_the_scheduled_direction():
+    """cautious around AdEMAMix: the mask acts on the direction built with this step's injected
+    alpha and beta3 (the warmup), and the decay stays unmasked."""
+    b1, b2, b3, alpha, eps, wd, warmup = 0.9, 0.99, 0.999, 4.0, 1e-8, 0.1, 10
+    lb1, lb3 = math.log(b1), math.log(b3)
+
+    def rule(p, g, s, t):
+        frac = min((t - 1) / warmup, 1.0)
+        a_t = min((t - 1) * alpha / warmup, alpha)
+        b3_t = min(math.exp(lb1 * lb3 / ((1 - frac) * lb3 + frac * lb1)), b3)
+        m1, m2, v = _moment(s, "m1", p), _moment(s, "m2", p), _moment(s, "v", p)
+        for k in p:
+            m1[k] = b1 * m1[k] + (1 - b1) * g[k]
+            m2[k] = b3_t * m2[k] + (1 - b3_t) * g[k]
+            v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
+            u = (m1[k] / (1 - b1**t) + a_t * m2[k]) / (np.sqrt(v[k] / (1 - b2**t)) + eps)
+            phi = (u * g[k] > 0).astype(np.float64)
+            u = u * phi * phi.size / (phi.sum() + 1)
+            p[k] = p[k] - LR * (u + wd * p[k])
+        return p
+
+    base = _cfg(
+        "ademamix",
+        learning_rate=LR,
+        weight_decay=wd,
+        beta2=b2,
+        beta3=b3,
+        alpha=alpha,
+        alpha_beta3_warmup=warmup,
+    )
+    cfg = OptimizerConfig.get_choice_class("cautious")(base=base)
+    assert_close(ours(cfg), reference(rule))
+
+
+def test_token_durations_round_like_the_schedules():
+    """10 tokens at 4 tokens per step are 3 steps (rounded up) for AdEMAMix's warmup, as for the
+    learning-rate warmup."""
+    cfg = _cfg(
+        "ademamix",
+        lr_schedule="linear",
+        warmup=10,
+        alpha_beta3_warmup=10,
+        schedule_units="tokens",
+        tokens_per_step=4,
+    )
+    n = 20
+    assert duration_steps(cfg, 10, n) == cfg.schedule_context(n).duration_steps(10, n) == 3
+    lr, alpha = cfg.lr_scheduler(n), cfg.hyperparameter_schedules(n)["ademamix_alpha"]
+    assert float(lr(2)) < cfg.learning_rate and float(alpha(2)) < cfg.alpha
+    assert float(lr(3)) == pytest.approx(cfg.learning_rate) and float(alpha(3)) == pytest.approx(cfg.alpha)
+    assert duration_steps(cfg, 0.25, n) == cfg.schedule_context(n).duration_steps(0.25, n) == 5
 
 
 @pytest.mark.parametrize("nesterov", [False, True])

@@ -17,7 +17,6 @@ NestedOptimizerConfig)`` is true for any ``OptimizerConfig``.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -76,33 +75,32 @@ def _field_default(cls: type, name: str) -> Any:
 def derive_config(
     base: OptimizerConfig, prefix: str, methods: Mapping[str, Callable[..., Any]]
 ) -> OptimizerConfig:
-    """A copy of ``base`` whose class is a fresh subclass of ``type(base)`` overriding ``methods``.
+    """``base``'s field values in a fresh subclass of ``type(base)`` that overrides ``methods``.
 
     ``methods`` maps a method name to ``fn(parent_method, self, *args, **kwargs)``, where
     ``parent_method`` is the parent class's bound method (so ``fn`` can wrap what the base does).
-    The copy keeps every field value without re-validating; ``dataclasses.replace`` on it (as
-    parameter groups do) keeps the subclass, hence the change. Wrapping a derived config again
+    The subclass is built from ``base``'s init fields like ``dataclasses.replace`` builds a copy,
+    so it is validated again (``base`` passed, so it passes). ``dataclasses.replace`` on it (as
+    parameter groups do) keeps the subclass, hence the change; deriving from a derived config
     stacks the changes (SAM around cautious around Adam).
     """
     parent = type(base)
-    namespace: dict[str, Any] = {"__module__": parent.__module__, "__doc__": parent.__doc__}
+    sub = type(
+        f"{prefix}{parent.__name__}", (parent,), {"__module__": parent.__module__, "__doc__": parent.__doc__}
+    )
     for name, fn in methods.items():
-        namespace[name] = _override(name, fn)
-    sub = type(f"{prefix}{parent.__name__}", (parent,), namespace)
-    derived = copy.copy(base)
-    object.__setattr__(derived, "__class__", sub)
-    return derived
+        setattr(sub, name, _override(sub, name, fn))
+    return sub(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init})
 
 
-def _override(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+def _override(owner: type, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``owner.name`` calling ``fn(parent_method, self, ...)`` with the method ``owner`` inherits."""
+
     def method(self: OptimizerConfig, *args: Any, **kwargs: Any) -> Any:
-        # The parent of the class that defined this override (not of type(self), which may be a
-        # further derived class when wrappers are nested).
-        owner = next(k for k in type(self).__mro__ if k.__dict__.get(name) is method)
-        parent_method = getattr(super(owner, self), name)
-        return fn(parent_method, self, *args, **kwargs)
+        return fn(getattr(super(owner, self), name), self, *args, **kwargs)
 
     method.__name__ = name
+    method.__qualname__ = f"{owner.__qualname__}.{name}"
     return method
 
 

@@ -8,8 +8,6 @@ for language models, and the paper's elsewhere; each docstring says which refere
 
 from __future__ import annotations
 
-import contextvars
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,20 +28,12 @@ from marin_optim.transforms.radam import scale_by_radam
 
 GROUP = "Adam family"
 
-# The injected hyperparameters of the update rule being built (read by AdEMAMix's direction()).
-_CURRENT_HP: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
-    "_CURRENT_HP", default=None
-)
-
 
 def duration_steps(cfg: OptimizerConfig, value: Duration, num_train_steps: int) -> int:
-    """A duration field in steps: a float is a fraction of the run, an int a count of steps (or of
-    tokens with ``schedule_units: tokens``)."""
-    if isinstance(value, float):
-        return math.floor(value * num_train_steps + 1e-9)
-    if cfg.schedule_units == "tokens" and cfg.tokens_per_step:
-        return value // cfg.tokens_per_step
-    return value
+    """A duration field in steps, converted as the schedules convert theirs: a float is a fraction
+    of the run (rounded down), an int a count of steps, or of tokens with ``schedule_units:
+    tokens`` (rounded up to whole steps)."""
+    return cfg.schedule_context(num_train_steps).duration_steps(value, num_train_steps)
 
 
 @OptimizerConfig.register_subclass("nadamw")
@@ -207,14 +197,18 @@ class AdEMAMixConfig(OptimizerConfig):
         return out
 
     def update_rule(self, hp: Mapping[str, Any]) -> optax.GradientTransformation:
-        token = _CURRENT_HP.set(hp)
-        try:
-            return super().update_rule(hp)
-        finally:
-            _CURRENT_HP.reset(token)
+        """The shared template (direction, decayed weights, ``-learning_rate``), with this step's
+        injected alpha and beta3 handed to :meth:`direction`."""
+        parts = [self.direction(hp)]
+        if self.uses_weight_decay:
+            parts.append(optax.add_decayed_weights(hp["weight_decay"], self.build_weight_decay_mask()))
+        parts.append(optax.scale_by_learning_rate(hp["learning_rate"]))
+        return optax.chain(*parts)
 
-    def direction(self) -> optax.GradientTransformation:
-        hp = _CURRENT_HP.get() or {}
+    def direction(self, hp: Mapping[str, Any] | None = None) -> optax.GradientTransformation:
+        """The AdEMAMix direction with alpha and beta3 from ``hp`` (the injected ``ademamix_alpha``
+        and ``ademamix_beta3`` of this step), or the fields when ``hp`` is None or lacks them."""
+        hp = hp or {}
         beta3, alpha = hp.get("ademamix_beta3", self.beta3), hp.get("ademamix_alpha", self.alpha)
         return scale_by_ademamix(self.beta1, self.beta2, beta3, alpha, self.epsilon)
 

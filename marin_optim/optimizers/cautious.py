@@ -48,11 +48,14 @@ class CautiousConfig(WrapperConfig):
     """The optimizer to make cautious (a config; ``{type: adamw, learning_rate: 3e-3}`` in YAML)."""
 
     def derived(self) -> OptimizerConfig:
-        def direction(parent: Any, self_: OptimizerConfig) -> optax.GradientTransformation:
+        def direction(
+            parent: Any, self_: OptimizerConfig, *args: Any, **kwargs: Any
+        ) -> optax.GradientTransformation:
+            # args: the base's own direction arguments (AdEMAMix's direction(hp)), passed on.
             used = _DIRECTION_USED.get()
             if used is not None:
                 used.append(True)
-            return cautious(parent())
+            return cautious(parent(*args, **kwargs))
 
         def update_rule(parent: Any, self_: OptimizerConfig, hp: Any) -> optax.GradientTransformation:
             used: list[bool] = []
