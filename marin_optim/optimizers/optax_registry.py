@@ -280,7 +280,7 @@ def analyse(name: str, qualname: str, fn: Callable[..., Any]) -> OptaxSpec | str
         return _KNOWN_UNSUPPORTED[name]
     try:
         signature = inspect.signature(fn)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # inspect's errors for a callable without a readable signature
         return "its signature cannot be read"
     parameters = dict(signature.parameters)
     lr_param = _LR_PARAM.get(name, "learning_rate")
@@ -342,7 +342,7 @@ def _is_transformation_factory(name: str, fn: Any) -> bool:
         return False
     try:
         signature = inspect.signature(fn)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # inspect's errors for a callable without a readable signature
         return False
     module = getattr(getattr(fn, "func", fn), "__module__", "") or ""
     if "learning_rate" not in signature.parameters and not module.endswith(".alias"):
@@ -450,7 +450,7 @@ class OptaxConfig(OptimizerConfig):
             if p.is_dtype and value is not None:
                 try:
                     jnp.dtype(value)
-                except TypeError:
+                except TypeError:  # jnp.dtype's error for a name that is not a dtype
                     raise ConfigError(
                         f"{where}.{p.field}={value!r}: not a dtype name (e.g. 'float32', 'bfloat16')"
                     ) from None
