@@ -14,6 +14,10 @@
 5. evaluates and checkpoints on schedule, and at the end publishes results, metrics, config and
    the loss curve.
 
+The step loop is :class:`Trainer`; what happens around a step (the training-time clock, the
+progress bar, metrics rows, evaluation, checkpoints) are its collaborators in
+:mod:`marin_optim.speedrun.hooks`.
+
 The host never waits on the step it just dispatched: metrics of step ``s`` are read after step
 ``s + 1`` is queued.
 """
@@ -26,7 +30,6 @@ import functools
 import math
 import platform
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,10 +46,12 @@ from marin_optim.config import OptimizerConfig, resolve_resume
 from marin_optim.config import config_differences as optimizer_differences
 from marin_optim.errors import ConfigError
 from marin_optim.host import malloc_hugepages
+from marin_optim.optimizers.schedule_free import eval_params
 from marin_optim.speedrun import results as res
 from marin_optim.speedrun.checkpoint import Checkpointer
-from marin_optim.speedrun.config import SpeedrunConfig, config_differences
+from marin_optim.speedrun.config import SpeedrunConfig, TrainConfig, config_differences
 from marin_optim.speedrun.data import SequenceSampler, TokenDataset, check_files_exist, load_dataset
+from marin_optim.speedrun.hooks import CheckpointHook, Clock, EvalHook, MetricsHook, ProgressBar, TrainState
 from marin_optim.speedrun.mesh import (
     batch_sharding,
     check_divisibility,
@@ -57,7 +62,6 @@ from marin_optim.speedrun.mesh import (
 from marin_optim.speedrun.model import VOCAB_SIZE, Transformer, cast_floating, next_token_loss
 from marin_optim.speedrun.plots import Curve, plot_curves
 from marin_optim.state import hyperparams, with_schedule_step
-from marin_optim.transforms.guards import check_nonfinite_run
 from marin_optim.xla import cpu_multi_output_fusion_enabled
 
 Hook = Callable[[int], None]
@@ -370,7 +374,7 @@ def make_step_functions(
 
     def eval_loss(params: Transformer, opt_state: Any, batch: jax.Array) -> jax.Array:
         # Schedule-free and averaging optimizers are evaluated at their averaged point.
-        params = _eval_params(opt_state, params)
+        params = eval_params(opt_state, params)
         tokens = batch.astype(jnp.int32)
         return micro_loss(params, tokens[0, :, :-1], tokens[0, :, 1:])
 
@@ -453,232 +457,258 @@ def run_speedrun(
 
     mesh = make_mesh(t.mesh)
     with hax.partitioning.set_mesh(mesh):
-        return _train(
-            cfg, plan, dataset, sampler, eval_tokens, tx, mesh, hooks, say, is_main, keep_state, perturb
+        setup = RunSetup(cfg, plan, dataset, sampler, eval_tokens, tx, mesh, say, is_main)
+        return _train(setup, hooks, keep_state, perturb)
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What ``run_speedrun`` prepared before anything is compiled."""
+
+    cfg: SpeedrunConfig
+    plan: Plan
+    dataset: TokenDataset
+    sampler: SequenceSampler
+    eval_tokens: np.ndarray
+    """The fixed validation sequences (:func:`eval_plan`)."""
+    tx: optax.GradientTransformation
+    mesh: jax.sharding.Mesh
+    say: Callable[[str], None]
+    """Where messages go (nothing on processes other than the main one)."""
+    is_main: bool
+
+
+class Trainer:
+    """The step loop, in Levanter's shape: each iteration runs the compiled step, hands its metrics
+    to :class:`MetricsHook` (written one step late), and on schedule pauses the :class:`Clock` for
+    the :class:`EvalHook` and the :class:`CheckpointHook`; the user's hooks then see the step."""
+
+    def __init__(
+        self,
+        *,
+        step_fn: Callable[..., tuple[Any, Any, Any]],
+        next_batch: Callable[[int], jax.Array],
+        mesh: jax.sharding.Mesh,
+        train: TrainConfig,
+        clock: Clock,
+        progress: ProgressBar,
+        metrics: MetricsHook,
+        evals: EvalHook,
+        checkpoints: CheckpointHook,
+        hooks: Sequence[Hook] = (),
+    ) -> None:
+        self.step_fn = step_fn
+        """The compiled ``train_step(params, opt_state, batch, step) -> (params, opt_state, metrics)``."""
+        self.next_batch = next_batch
+        """The global batch that starts at a number of sequences consumed."""
+        self.mesh = mesh
+        self.train = train
+        self.clock = clock
+        self.progress = progress
+        self.metrics = metrics
+        self.evals = evals
+        self.checkpoints = checkpoints
+        self.hooks = hooks
+
+    def fit(self, state: TrainState, batch: jax.Array) -> None:
+        """Trains ``state`` (in place) from ``state.step + 1`` to the last step; ``batch`` is the first
+        step's. On any failure the partial metrics stay for ``--resume`` and nothing is published."""
+        self.clock.resume()
+        try:
+            self._loop(state, batch)
+        except BaseException:
+            self.metrics.log.close()
+            raise
+        finally:
+            self.progress.close()
+            self.checkpoints.close()
+
+    def _loop(self, state: TrainState, batch: jax.Array) -> None:
+        t = self.train
+        for step in range(state.step + 1, t.num_train_steps + 1):
+            state.params, state.opt_state, values = self.step_fn(
+                state.params, state.opt_state, batch, _step_array(step, self.mesh)
+            )
+            state.step = step
+            state.consumed += t.batch_size
+            self.clock.count(t.tokens_per_step)
+            self.metrics.push(step, values)
+            self.progress.update()
+            is_last = step == t.num_train_steps
+            do_eval = self.evals.due(step, is_last)
+            do_ckpt = self.checkpoints.due(step, is_last)
+            if not is_last:  # queued before the host blocks on anything below
+                batch = self.next_batch(state.consumed)
+            if do_eval or do_ckpt:
+                self._pause(state)
+                if do_eval:
+                    self._evaluate(state)
+                if do_ckpt:
+                    self.checkpoints.save(state, self.clock.training_time)
+                self.clock.resume()
+            for hook in self.hooks:
+                hook(step)
+        self._pause(state)
+
+    def _pause(self, state: TrainState) -> None:
+        """Waits for the device, writes the held metrics row and stops the clock."""
+        jax.block_until_ready(state.params)
+        self.metrics.drain()
+        self.clock.pause()
+
+    def _evaluate(self, state: TrainState) -> None:
+        loss = self.evals.evaluate(state.step, state)
+        self.progress.message(
+            f"step {state.step}: train_loss {self.metrics.last_loss:.4f}  "
+            f"eval_loss {loss:.4f} (bpb {loss / math.log(2):.3f})"
         )
 
 
 def _train(
-    cfg: SpeedrunConfig,
-    plan: Plan,
-    dataset: TokenDataset,
-    sampler: SequenceSampler,
-    eval_tokens: np.ndarray,
-    tx: optax.GradientTransformation,
-    mesh: jax.sharding.Mesh,
-    hooks: Sequence[Hook],
-    say: Callable[[str], None],
-    is_main: bool,
-    keep_state: bool,
-    perturb: Perturb | None,
+    setup: RunSetup, hooks: Sequence[Hook], keep_state: bool, perturb: Perturb | None
 ) -> SpeedrunResult:
-    t = cfg.train
-    run_dir = plan.run_dir
+    """Compiles, initialises or restores the state, evaluates it at step 0, trains, and publishes."""
+    cfg, t, say = setup.cfg, setup.cfg.train, setup.say
     wall_start = time.perf_counter()
-    init, step_fn, eval_fn, param_sh, opt_sh = make_step_functions(cfg, tx, plan.compute_dtype, mesh, perturb)
-    batch_sh = batch_sharding(mesh)
-
-    ckpt_dir = run_dir / res.CHECKPOINTS
-    # Every process has finished reading the run directory (preflight) before anyone changes it.
-    _sync("marin_optim_speedrun_preflight")
-    if plan.resume_step is None:
-        if is_main and ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)  # a finished (or overwritten) earlier run's checkpoints
-        _sync("marin_optim_speedrun_clear")
-    checkpointer = Checkpointer(ckpt_dir, keep=t.checkpoints_to_keep)
-
-    params = init(jax.random.PRNGKey(t.seed))
-    opt_state = jax.jit(tx.init, in_shardings=(param_sh,), out_shardings=opt_sh)(params)
-    start_step, consumed, train_time = 0, 0, 0.0
-    if plan.resume_step is not None:
-        if plan.reset_optimizer_state:
-            params, _, meta = checkpointer.restore(plan.resume_step, params, None)
-        else:
-            params, opt_state, meta = checkpointer.restore(plan.resume_step, params, opt_state)
-        start_step = int(meta["step"])
-        consumed = int(meta["sequences_consumed"])
-        train_time = float(meta["training_time"])
-        if plan.reset_optimizer_state:  # fresh moments, but the schedule continues at the checkpoint's step
-            opt_state = jax.jit(
-                functools.partial(with_schedule_step, step=start_step), donate_argnums=0, out_shardings=opt_sh
-            )(opt_state)
-        say(
-            f"resumed from {ckpt_dir} at step {start_step} ({consumed} sequences consumed)"
-            + (", optimizer state reset" if plan.reset_optimizer_state else "")
-            + (f", optimizer values from {cfg.optimizer_resume}" if cfg.optimizer_resume != "strict" else "")
-        )
-    elif cfg.resume:
-        say(f"resume: no checkpoint in {ckpt_dir}; starting from step 0")
-
-    metrics = res.MetricsLog(run_dir, enabled=is_main)
-    history = metrics.open(keep_up_to_step=start_step if plan.resume_step is not None else None)
+    init, step_fn, eval_fn, param_sh, opt_sh = make_step_functions(
+        cfg, setup.tx, setup.plan.compute_dtype, setup.mesh, perturb
+    )
+    batch_sh = batch_sharding(setup.mesh)
+    checkpointer = _open_checkpointer(setup)
+    state, training_time = _initial_state(setup, checkpointer, init, param_sh, opt_sh)
+    log = res.MetricsLog(setup.plan.run_dir, enabled=setup.is_main)
+    history = log.open(keep_up_to_step=state.step if setup.plan.resume_step is not None else None)
     curve = Curve.from_rows(history)
-
     eval_batches = [
-        global_batch(eval_tokens[i : i + t.microbatch_size], 1, batch_sh)
-        for i in range(0, len(eval_tokens), t.microbatch_size)
+        global_batch(setup.eval_tokens[i : i + t.microbatch_size], 1, batch_sh)
+        for i in range(0, len(setup.eval_tokens), t.microbatch_size)
     ]
-
-    def evaluate(step: int) -> float:
-        losses = [eval_fn(params, opt_state, b) for b in eval_batches]
-        loss = float(np.mean(jax.device_get(losses)))
-        row = {"step": step, "eval_loss": loss, "eval_bpb": loss / math.log(2)}
-        if dataset.loss_floor is not None:
-            row["eval_gap_to_floor"] = loss - dataset.loss_floor
-        metrics.write(row)
-        curve.eval_steps.append(step)
-        curve.eval_loss.append(loss)
-        return loss
-
-    def checkpoint(step: int) -> None:
-        meta = {
-            "step": step,
-            "sequences_consumed": consumed,
-            "training_time": train_time,
-            "data_fingerprint": dataset.fingerprint,
-            "config": cfg.to_dict(),
-        }
-        checkpointer.save(step, params, opt_state, meta)
+    evals = EvalHook(eval_fn, eval_batches, log, curve, setup.dataset.loss_floor, t.eval_interval)
+    next_batch = functools.partial(_batch_at, setup.sampler, t, batch_sh)
 
     compile_start = time.perf_counter()
-    first_batch = global_batch(sampler.sequences(consumed, t.batch_size), t.grad_accum, batch_sh)
-    step_index = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh))
-    compiled = step_fn.lower(params, opt_state, first_batch, step_index).compile()
+    batch = next_batch(state.consumed)
+    step_index = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(setup.mesh))
+    compiled = step_fn.lower(state.params, state.opt_state, batch, step_index).compile()
     compile_time = time.perf_counter() - compile_start
     say(f"compiled the train step in {compile_time:.1f}s")
-
-    if start_step == 0:
-        loss0 = evaluate(0)
+    if state.step == 0:
+        loss0 = evals.evaluate(0, state)
         say(f"step 0: eval_loss {loss0:.4f} (bpb {loss0 / math.log(2):.3f})")
 
-    progress = _progress(t.num_train_steps, start_step, enabled=is_main)
-    pending: tuple[int, Any] | None = None
-    last_loss = math.nan
-    tokens_done_here = 0
-    segment_start = time.perf_counter()
-    window: list[tuple[float, int]] = [(segment_start, 0)]
-    batch = first_batch
+    progress = ProgressBar(t.num_train_steps, state.step, enabled=setup.is_main, say=say)
+    clock = Clock(training_time)
+    metrics = MetricsHook(log, curve, clock, progress, t.tokens_per_step, cfg.optimizer.max_nonfinite_steps)
+    checkpoints = CheckpointHook(checkpointer, t.checkpoint_interval, cfg, setup.dataset.fingerprint)
+    trainer = Trainer(
+        step_fn=compiled,
+        next_batch=next_batch,
+        mesh=setup.mesh,
+        train=t,
+        clock=clock,
+        progress=progress,
+        metrics=metrics,
+        evals=evals,
+        checkpoints=checkpoints,
+        hooks=hooks,
+    )
+    trainer.fit(state, batch)
+    run_info = _finish(setup, trainer, state, compile_time, wall_start)
+    return SpeedrunResult(
+        run_info=run_info,
+        run_dir=setup.plan.run_dir,
+        params=state.params if keep_state else None,
+        opt_state=state.opt_state if keep_state else None,
+    )
 
-    def drain() -> None:
-        nonlocal pending, last_loss
-        if pending is None:
-            return
-        step_done, values = pending
-        pending = None
-        values = {k: _scalar(v) for k, v in jax.device_get(values).items()}
-        last_loss = values["loss"]
-        if "skip/consecutive_nonfinite" in values:
-            # The guard already turned these steps into no-ops; stop before wasting more.
-            check_nonfinite_run(
-                values["skip/consecutive_nonfinite"],
-                values["skip/nonfinite_steps"],
-                cfg.optimizer.max_nonfinite_steps,
-            )
-        now = time.perf_counter()
-        window.append((now, tokens_done_here))
-        del window[:-20]
-        (t0, n0), (t1, n1) = window[0], window[-1]
-        rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
-        row = {
-            "step": step_done,
-            "tokens": step_done * t.tokens_per_step,
-            "training_time": train_time + (now - segment_start),
-            "tokens_per_second": rate,
-            **values,
-        }
-        metrics.write(row)
-        curve.train_steps.append(step_done)
-        curve.train_loss.append(last_loss)
-        if progress is not None:
-            progress.set_postfix(
-                loss=f"{last_loss:.3f}",
-                tok_s=f"{rate:,.0f}",
-                lr=f"{values.get('learning_rate', math.nan):.2e}",
-            )
 
-    def pause_clock() -> None:
-        nonlocal train_time, segment_start
-        jax.block_until_ready(params)
-        drain()
-        train_time += time.perf_counter() - segment_start
+def _open_checkpointer(setup: RunSetup) -> Checkpointer:
+    """The run's checkpointer, once every process has read the run directory; a fresh run first
+    removes an earlier (finished or overwritten) run's checkpoints."""
+    ckpt_dir = setup.plan.run_dir / res.CHECKPOINTS
+    # Every process has finished reading the run directory (preflight) before anyone changes it.
+    _sync("marin_optim_speedrun_preflight")
+    if setup.plan.resume_step is None:
+        if setup.is_main and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)  # a finished (or overwritten) earlier run's checkpoints
+        _sync("marin_optim_speedrun_clear")
+    return Checkpointer(ckpt_dir, keep=setup.cfg.train.checkpoints_to_keep)
 
-    def resume_clock() -> None:
-        nonlocal segment_start
-        segment_start = time.perf_counter()
-        window[:] = [(segment_start, tokens_done_here)]
 
-    try:
-        for step in range(start_step + 1, t.num_train_steps + 1):
-            params, opt_state, step_metrics = compiled(params, opt_state, batch, _step_array(step, mesh))
-            consumed += t.batch_size
-            tokens_done_here += t.tokens_per_step
-            drain()
-            pending = (step, step_metrics)
-            if progress is not None:
-                progress.update(1)
-            is_last = step == t.num_train_steps
-            do_eval = is_last or (t.eval_interval and step % t.eval_interval == 0)
-            do_ckpt = is_last or (t.checkpoint_interval and step % t.checkpoint_interval == 0)
-            if not is_last:
-                batch = global_batch(sampler.sequences(consumed, t.batch_size), t.grad_accum, batch_sh)
-            if do_eval or do_ckpt:
-                pause_clock()
-                if do_eval:
-                    loss = evaluate(step)
-                    msg = (
-                        f"step {step}: train_loss {last_loss:.4f}  "
-                        f"eval_loss {loss:.4f} (bpb {loss / math.log(2):.3f})"
-                    )
-                    if progress is not None and not progress.disable:
-                        progress.write(msg)
-                    else:
-                        say(msg)
-                if do_ckpt:
-                    checkpoint(step)
-                resume_clock()
-            for hook in hooks:
-                hook(step)
-        pause_clock()
-    except BaseException:
-        metrics.close()  # the partial log stays for --resume; nothing is published
-        raise
-    finally:
-        if progress is not None:
-            progress.close()
-        checkpointer.close()
+def _initial_state(
+    setup: RunSetup, checkpointer: Checkpointer, init: Callable, param_sh: Any, opt_sh: Any
+) -> tuple[TrainState, float]:
+    """``(state, training time so far)``: freshly initialised, or restored from the plan's checkpoint
+    (with ``reset_optimizer_state``: its parameters, a fresh optimizer state, the schedule at its step)."""
+    cfg, plan = setup.cfg, setup.plan
+    ckpt_dir = plan.run_dir / res.CHECKPOINTS
+    params = init(jax.random.PRNGKey(cfg.train.seed))
+    opt_state = jax.jit(setup.tx.init, in_shardings=(param_sh,), out_shardings=opt_sh)(params)
+    if plan.resume_step is None:
+        if cfg.resume:
+            setup.say(f"resume: no checkpoint in {ckpt_dir}; starting from step 0")
+        return TrainState(params, opt_state), 0.0
+    if plan.reset_optimizer_state:
+        params, _, meta = checkpointer.restore(plan.resume_step, params, None)
+    else:
+        params, opt_state, meta = checkpointer.restore(plan.resume_step, params, opt_state)
+    state = TrainState(params, opt_state, step=int(meta["step"]), consumed=int(meta["sequences_consumed"]))
+    if plan.reset_optimizer_state:  # fresh moments, but the schedule continues at the checkpoint's step
+        state.opt_state = jax.jit(
+            functools.partial(with_schedule_step, step=state.step), donate_argnums=0, out_shardings=opt_sh
+        )(state.opt_state)
+    setup.say(
+        f"resumed from {ckpt_dir} at step {state.step} ({state.consumed} sequences consumed)"
+        + (", optimizer state reset" if plan.reset_optimizer_state else "")
+        + (f", optimizer values from {cfg.optimizer_resume}" if cfg.optimizer_resume != "strict" else "")
+    )
+    return state, float(meta["training_time"])
 
+
+def _finish(
+    setup: RunSetup, trainer: Trainer, state: TrainState, compile_time: float, wall_start: float
+) -> dict[str, Any]:
+    """The final losses and ``run_info``; the main process publishes the loss curve, metrics.jsonl,
+    config.yaml and results.json (in that order, results last)."""
+    cfg, t, plan, dataset = setup.cfg, setup.cfg.train, setup.plan, setup.dataset
+    curve, log = trainer.metrics.curve, trainer.metrics.log
     final_eval = (
         curve.eval_loss[-1] if curve.eval_steps and curve.eval_steps[-1] == t.num_train_steps else None
     )
     if final_eval is None:  # resumed at the very end: evaluate what was restored
-        final_eval = evaluate(t.num_train_steps)
+        final_eval = trainer.evals.evaluate(t.num_train_steps, state)
+    last_loss = trainer.metrics.last_loss
     final_train = (
         last_loss if not math.isnan(last_loss) else (curve.train_loss[-1] if curve.train_loss else math.nan)
     )
     wall_time = time.perf_counter() - wall_start
     run_info = build_run_info(
-        cfg, plan, dataset, params, train_time, compile_time, wall_time, final_train, final_eval, curve
+        cfg,
+        plan,
+        dataset,
+        state.params,
+        trainer.clock.training_time,
+        compile_time,
+        wall_time,
+        final_train,
+        final_eval,
+        curve,
     )
-    if not is_main:
-        metrics.close()
+    if not setup.is_main:
+        log.close()
     else:
         plot_curves(
-            run_dir / res.PLOT,
+            plan.run_dir / res.PLOT,
             {cfg.optimizer_name: curve},
             title=f"{cfg.optimizer_name} / model {cfg.model.preset} / data {cfg.data.resolved_source}",
             loss_floor=dataset.loss_floor,
         )
-        metrics.finish()
-        res.write_atomic(run_dir / res.CONFIG, cfg.to_yaml())
-        path = res.write_results(run_dir, run_info)
-        say(_summary(run_info, path))
+        log.finish()
+        res.write_atomic(plan.run_dir / res.CONFIG, cfg.to_yaml())
+        path = res.write_results(plan.run_dir, run_info)
+        setup.say(_summary(run_info, path))
     _sync("marin_optim_speedrun_done")
-    return SpeedrunResult(
-        run_info=run_info,
-        run_dir=run_dir,
-        params=params if keep_state else None,
-        opt_state=opt_state if keep_state else None,
-    )
+    return run_info
 
 
 # ---- results ------------------------------------------------------------------------------
@@ -752,13 +782,11 @@ def build_run_info(
 # ---- small helpers ------------------------------------------------------------------------
 
 
-def _eval_params(opt_state: Any, params: Any) -> Any:
-    """Where to evaluate: the optimizer's averaged iterate if it keeps one, else ``params``."""
-    try:
-        from marin_optim.optimizers.schedule_free import eval_params
-    except ImportError:  # pragma: no cover - the module ships with marin_optim
-        return params
-    return eval_params(opt_state, params)
+def _batch_at(
+    sampler: SequenceSampler, train: TrainConfig, sharding: jax.sharding.Sharding, consumed: int
+) -> jax.Array:
+    """The global training batch that starts after ``consumed`` sequences."""
+    return global_batch(sampler.sequences(consumed, train.batch_size), train.grad_accum, sharding)
 
 
 def _step_array(step: int, mesh: jax.sharding.Mesh) -> jax.Array:
@@ -767,11 +795,6 @@ def _step_array(step: int, mesh: jax.sharding.Mesh) -> jax.Array:
 
 def _data_seed(cfg: SpeedrunConfig) -> int:
     return cfg.train.seed if cfg.data.seed is None else cfg.data.seed
-
-
-def _scalar(v: Any) -> Any:
-    a = np.asarray(v)
-    return a.item() if a.size == 1 else a.tolist()
 
 
 def _sync(name: str) -> None:
@@ -787,15 +810,6 @@ def _print(msg: str) -> None:
 
 def _indent(text: str) -> str:
     return "".join("  " + line + "\n" for line in text.rstrip().splitlines())
-
-
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    # disable=None: a bar on a terminal, nothing in logs and pipes (the eval lines still print).
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None, file=sys.stderr)
 
 
 def _header(cfg: SpeedrunConfig, plan: Plan, dataset: TokenDataset) -> str:
