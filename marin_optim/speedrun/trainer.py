@@ -45,8 +45,8 @@ import optax
 from marin_optim.config import OptimizerConfig, resolve_resume
 from marin_optim.config import config_differences as optimizer_differences
 from marin_optim.errors import ConfigError
-from marin_optim.host import malloc_hugepages
 from marin_optim.optimizers.schedule_free import eval_params
+from marin_optim.runtime import process_setup, setup_process
 from marin_optim.speedrun import results as res
 from marin_optim.speedrun.checkpoint import Checkpointer
 from marin_optim.speedrun.config import SpeedrunConfig, TrainConfig, config_differences
@@ -62,7 +62,6 @@ from marin_optim.speedrun.mesh import (
 from marin_optim.speedrun.model import VOCAB_SIZE, Transformer, cast_floating, next_token_loss
 from marin_optim.speedrun.plots import Curve, plot_curves
 from marin_optim.state import hyperparams, with_schedule_step
-from marin_optim.xla import cpu_multi_output_fusion_enabled
 
 Hook = Callable[[int], None]
 """Called with the step number after each step's logging, evaluation and checkpoint."""
@@ -416,7 +415,11 @@ def run_speedrun(
     returns the final parameters and optimizer state in the result. ``perturb`` changes the loss
     and gradients inside the step (fault injection). Raises :class:`NonFiniteError` after
     ``optimizer.max_nonfinite_steps`` non-finite steps in a row; nothing is published then.
+
+    Sets the process up first, as every entry point does (:func:`marin_optim.runtime.setup_process`:
+    XLA:CPU multi-output fusion unless a JAX computation already ran; huge pages need a program).
     """
+    setup_process(program=False)
     initialize_distributed(cfg)
     plan = preflight(cfg)
     cfg = cfg.replace(optimizer=plan.optimizer)  # on resume: what optimizer_resume resolved
@@ -735,6 +738,8 @@ def build_run_info(
     total_tokens = t.num_train_steps * t.tokens_per_step
     flops_per_token = m.flops_per_token(t.seq_len)
     device = jax.devices()[0]
+    process = process_setup()
+    update_path, update_path_reason = cfg.optimizer.update_path_plan()
     info: dict[str, Any] = {
         "author": dataclasses.asdict(cfg.author),
         "description": cfg.description,
@@ -748,8 +753,10 @@ def build_run_info(
         "num_processes": jax.process_count(),
         "mesh": {"data": plan.mesh_shape[0], "model": plan.mesh_shape[1]},
         "device_type": f"{device.platform}:{getattr(device, 'device_kind', '')}",
-        "xla_cpu_multi_output_fusion": device.platform == "cpu" and cpu_multi_output_fusion_enabled(),
-        "malloc_hugepages": malloc_hugepages(),
+        "xla_cpu_multi_output_fusion": device.platform == "cpu" and process.cpu_multi_output_fusion,
+        "malloc_hugepages": process.malloc_hugepages,
+        "update_path": update_path,
+        "update_path_reason": update_path_reason,
         "device_flops": None,
         "training_hardware_flops": None,
         "compute_dtype": jnp.dtype(plan.compute_dtype).name,
@@ -825,16 +832,19 @@ def _header(cfg: SpeedrunConfig, plan: Plan, dataset: TokenDataset) -> str:
         f"{t.num_train_steps * t.tokens_per_step / 1e6:.2f}M tokens; grad_accum {t.grad_accum}",
         f"  mesh: data={plan.mesh_shape[0]} model={plan.mesh_shape[1]} "
         f"over {jax.process_count()} process(es), {jax.devices()[0].platform}; "
-        f"compute {jnp.dtype(plan.compute_dtype).name}, params/optimizer float32"
-        + (
-            f"; XLA:CPU multi-output fusion {'on' if cpu_multi_output_fusion_enabled() else 'off'}"
-            if jax.default_backend() == "cpu"
-            else ""
-        )
-        + f"; malloc huge pages {'on' if malloc_hugepages() else 'off'}",
+        f"compute {jnp.dtype(plan.compute_dtype).name}, params/optimizer float32; {_setup_words()}",
+        "  update path: {} ({})".format(*cfg.optimizer.update_path_plan()),
         f"  run dir: {plan.run_dir}",
     ]
     return "\n".join(lines)
+
+
+def _setup_words() -> str:
+    """What :func:`marin_optim.runtime.process_setup` gave, in the header's words."""
+    setup = process_setup()
+    if jax.default_backend() == "cpu":
+        return setup.describe()
+    return f"malloc huge pages {'on' if setup.malloc_hugepages else 'off'}"
 
 
 def _summary(info: dict[str, Any], path: Path) -> str:

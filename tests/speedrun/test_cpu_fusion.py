@@ -94,7 +94,11 @@ for name, cfg in {{
 info = res.read_results({run_dir!r})
 metrics = res.read_metrics(pathlib.Path({run_dir!r}) / res.METRICS)
 losses = [r["loss"] for r in metrics if "loss" in r]
-print(json.dumps({{"rc": rc, "header": [l for l in out.getvalue().splitlines() if "mesh:" in l],
+lines = out.getvalue().splitlines()
+print(json.dumps({{"rc": rc, "header": [l for l in lines if "mesh:" in l],
+                   "path_line": [l for l in lines if "update path:" in l],
+                   "path": [info["update_path"], info["update_path_reason"]],
+                   "one_pass": [r["one_pass"] for r in metrics if "one_pass" in r],
                    "compiled": compiled, "recorded": info["xla_cpu_multi_output_fusion"],
                    "losses": losses}}))
 """
@@ -113,6 +117,11 @@ def test_speedrun_cli_switches_the_pass_on_with_the_same_results(tmp_path):
     assert "; XLA:CPU multi-output fusion on;" in on["header"][0], on["header"]
     assert "; XLA:CPU multi-output fusion off;" in off["header"][0], off["header"]
     assert (on["recorded"], off["recorded"]) == (True, False)
+    # The update path follows, and every place says which it took: header, results, metrics.
+    assert on["path"] == ["one_pass", "adamw rule, XLA:CPU multi-output fusion on"], on["path"]
+    assert off["path"] == ["chain", "XLA:CPU multi-output fusion is off"], off["path"]
+    assert on["path_line"] == ["  update path: one_pass (adamw rule, XLA:CPU multi-output fusion on)"]
+    assert set(on["one_pass"]) == {1.0} and set(off["one_pass"]) == {0.0}
     # With the pass, AdamW (bare, and with clip + guard + schedule) and every other optimizer
     # with a one-pass rule (default clip + guard + schedule) is one loop per leaf with no
     # parameter-sized temporary; without it AdamW's chain is three loops per leaf (m', v',
