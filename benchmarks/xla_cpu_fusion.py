@@ -80,10 +80,10 @@ def _train_worker(steps: int) -> dict[str, float]:
 
 
 def _optimizer_worker(reps: int) -> dict[str, float]:
-    import optimizer_step
+    import opt_bench
 
     with contextlib.redirect_stdout(io.StringIO()):
-        out = optimizer_step.main(
+        out = opt_bench.main(
             ["--optimizers", "adamw", "--rounds", "2", "--reps", str(reps), "--no-bf16", "--out", "",
              "--cpu-fusion", "off"]  # off: XLA_FLAGS as the parent set them
         )  # fmt: skip

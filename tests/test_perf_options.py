@@ -20,9 +20,10 @@ import optax
 import pytest
 
 from marin_optim import AdamConfig, AdamWConfig, ConfigError, OptimizerConfig
+from marin_optim.transforms import tree_select as select_tree
 from marin_optim.transforms.adam import scale_by_adam
 from marin_optim.transforms.guards import skip_step_guard
-from marin_optim.transforms.skipping import select_tree, update_keeping_state_on_skip
+from marin_optim.transforms.skipping import update_keeping_state_on_skip
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -298,9 +299,9 @@ def test_state_can_be_donated(name):
 def benchmark_module():
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        import optimizer_step
+        import opt_bench
 
-        yield optimizer_step
+        yield opt_bench
     finally:
         sys.path.remove(str(BENCHMARKS))
 
@@ -319,7 +320,7 @@ def test_benchmark_layouts_keep_the_size(benchmark_module):
     shape = benchmark_module.llama_shape(50_000_000)
 
     def leaves(layout):
-        return jax.tree.leaves(shape.shapes(layout), is_leaf=benchmark_module._is_shape)
+        return jax.tree.leaves(shape.shapes(layout), is_leaf=benchmark_module.is_shape)
 
     n = shape.num_params()
     assert len(leaves("stacked")) == 12 and shape.num_params("stacked") == n
@@ -334,8 +335,8 @@ def test_benchmark_layouts_keep_the_size(benchmark_module):
 @pytest.mark.parametrize("name", ["cautious", "sam"])
 def test_benchmark_bare_rows_of_a_wrapper_set_its_base(benchmark_module, name):
     # A wrapper refuses the common fields itself: the bare row must reach its base.
-    bare = benchmark_module._config(OptimizerConfig.registered()[name], **benchmark_module.BARE)
-    common = benchmark_module._common(bare)
+    bare = benchmark_module.config_with(OptimizerConfig.registered()[name], **benchmark_module.BARE)
+    common = benchmark_module.common_config(bare)
     assert common is bare.base
     assert (common.max_grad_norm, common.skip_nonfinite) == (None, False)
     schedule = bare.lr_scheduler(100)
