@@ -8,6 +8,11 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # batched LAPACK calls crawl with many threads
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Test processes and the runs they start share one process setup: this one starts JAX before any
+# test can switch XLA:CPU multi-output fusion on (below), so subprocesses keep it off too unless a
+# test asks for it (tests/speedrun/test_cpu_fusion.py); otherwise a run in a subprocess and its
+# resumption in this process would differ in the last bits (marin_optim/runtime.py).
+os.environ.setdefault("MARIN_OPTIM_CPU_MULTI_OUTPUT_FUSION", "0")
 
 # Start JAX's backend now, so that a test calling the CLI in-process (which switches XLA:CPU
 # multi-output fusion on before the backend starts, marin_optim/xla.py) cannot change the

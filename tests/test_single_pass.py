@@ -327,3 +327,14 @@ def test_a_fallback_says_why(forced, caplog):
     state = _state_of(AdamWConfig(), params, jax.tree.map(lambda x: x * 0.3, params))
     assert "falls back to the chain: leaves of dtype bfloat16" in caplog.text
     assert float(hyperparams(state)[ONE_PASS]) == 0.0
+
+
+def test_the_recorded_path_is_each_steps_even_after_a_restore(monkeypatch):
+    """A state saved by a one-pass run and resumed where the chain runs says 0 after one step."""
+    monkeypatch.setattr(single_pass, "single_pass_active", lambda: False)
+    params = {"w": jnp.ones((3, 2))}
+    tx = AdamWConfig().build(10)
+    state = tx.init(params)
+    state = state._replace(hyperparams={**state.hyperparams, ONE_PASS: jnp.float32(1.0)})
+    _, state = tx.update(params, state, params)
+    assert float(hyperparams(state)[ONE_PASS]) == 0.0

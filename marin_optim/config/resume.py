@@ -7,6 +7,7 @@ OLMo-core's ``fixed_fields``; the step count always comes from the checkpoint (t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from marin_optim.errors import ConfigError
@@ -17,13 +18,36 @@ if TYPE_CHECKING:
 ResumeMode = Literal["strict", "override", "checkpoint"]
 
 
-def config_differences(a: OptimizerConfig, b: OptimizerConfig) -> dict[str, tuple[Any, Any]]:
-    """``{field: (a's value, b's value)}`` for every field that differs (same class required)."""
-    return {
-        f.name: (getattr(a, f.name), getattr(b, f.name))
-        for f in dataclasses.fields(a)
-        if getattr(a, f.name) != getattr(b, f.name)
-    }
+UNSET = "<unset>"
+"""A field one side of :func:`config_differences` does not have."""
+
+
+def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """``{"train.batch_size": (16, 32), ...}``: every field whose value differs, the one strict diff.
+
+    ``old`` and ``new`` are configs (anything with ``to_dict()``: optimizer and speedrun configs)
+    or their dictionaries; nested sections are compared field by field under dotted names
+    (``lr_schedule.exponent``). ``ignore`` drops fields and whole sections (``"train.mesh"``).
+    """
+    a, b = _flat(old), _flat(new)
+    ignore = tuple(ignore)
+    out: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(set(a) | set(b)):
+        if any(key == f or key.startswith(f + ".") for f in ignore):
+            continue
+        if a.get(key, UNSET) != b.get(key, UNSET):
+            out[key] = (a.get(key, UNSET), b.get(key, UNSET))
+    return out
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    data = config.to_dict() if hasattr(config, "to_dict") else config
+    if not isinstance(data, Mapping):
+        return {prefix.rstrip("."): data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flat(value, f"{prefix}{key}."))
+    return out
 
 
 def resolve_resume(

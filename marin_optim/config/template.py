@@ -85,10 +85,11 @@ def build_optimizer(cfg: OptimizerConfig, num_train_steps: int) -> optax.Gradien
     if guarded and not cfg.skip_advances_schedule:
         tx = _hold_schedule_on_skip(tx)
     tx = _own_state_buffers(tx)
-    if rule is not None and path == "one_pass":
+    if rule is not None:  # on the chain too, so that hyperparams(state)["one_pass"] is each step's
         decay_mask = (cfg.build_weight_decay_mask() or True) if cfg.uses_weight_decay else False
+        enabled = path == "one_pass"
         tx = single_pass(
-            tx, rule, max_grad_norm=cfg.max_grad_norm, weight_decay_mask=decay_mask, enabled=True
+            tx, rule, max_grad_norm=cfg.max_grad_norm, weight_decay_mask=decay_mask, enabled=enabled
         )
     _BUILT_BY[tx.update] = cfg
     return tx

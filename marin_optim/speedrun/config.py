@@ -230,26 +230,3 @@ RUN_CONTROL_FIELDS = (
     "train.checkpoint_interval",
     "train.checkpoints_to_keep",
 )
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): data}
-
-
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``["train.batch_size: 16 -> 32", ...]`` for every computation-relevant field that differs."""
-    a, b = flatten(saved), flatten(current)
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        if any(key == f or key.startswith(f + ".") for f in RUN_CONTROL_FIELDS):
-            continue
-        old, new = a.get(key, "<unset>"), b.get(key, "<unset>")
-        if old != new:
-            diffs.append(f"{key}: {old!r} -> {new!r}")
-    return diffs

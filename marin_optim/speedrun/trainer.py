@@ -42,14 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from marin_optim.config import OptimizerConfig, resolve_resume
-from marin_optim.config import config_differences as optimizer_differences
+from marin_optim.config import OptimizerConfig, config_differences, resolve_resume
 from marin_optim.errors import ConfigError
 from marin_optim.optimizers.schedule_free import eval_params
 from marin_optim.runtime import process_setup, setup_process
 from marin_optim.speedrun import results as res
 from marin_optim.speedrun.checkpoint import Checkpointer
-from marin_optim.speedrun.config import SpeedrunConfig, TrainConfig, config_differences
+from marin_optim.speedrun.config import RUN_CONTROL_FIELDS, SpeedrunConfig, TrainConfig
 from marin_optim.speedrun.data import SequenceSampler, TokenDataset, check_files_exist, load_dataset
 from marin_optim.speedrun.hooks import CheckpointHook, Clock, EvalHook, MetricsHook, ProgressBar, TrainState
 from marin_optim.speedrun.mesh import (
@@ -190,7 +189,10 @@ def resolve_resumed_optimizer(
     ``allow_config_change``; optimizer fields unless ``optimizer_resume`` says whose values win.
     """
     problems = []
-    diffs = [d for d in config_differences(saved, cfg.to_dict()) if not d.startswith("optimizer.")]
+    diffs = [
+        f"{key}: {a!r} -> {b!r}"
+        for key, (a, b) in config_differences(saved, cfg, ignore=(*RUN_CONTROL_FIELDS, "optimizer")).items()
+    ]
     if diffs and not cfg.allow_config_change:
         listed = "; ".join(diffs)
         problems.append(f"{len(diffs)} field(s) differ: {listed} (pass --allow_config_change true to accept)")
@@ -201,7 +203,7 @@ def resolve_resumed_optimizer(
     optimizer, reset = cfg.optimizer, cfg.reset_optimizer_state
     same_type = type(saved_optimizer) is type(cfg.optimizer)
     if same_type and cfg.optimizer_resume == "strict" and not reset:
-        opt_diffs = optimizer_differences(saved_optimizer, cfg.optimizer)
+        opt_diffs = config_differences(saved_optimizer, cfg.optimizer)
         if opt_diffs:
             listed = "; ".join(f"optimizer.{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(opt_diffs.items()))
             problems.append(

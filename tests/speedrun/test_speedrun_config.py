@@ -6,8 +6,9 @@ import pytest
 
 from marin_optim import AdamWConfig, ConfigError, LionConfig
 from marin_optim.cli import parse_config
+from marin_optim.config import config_differences
 from marin_optim.speedrun import ModelConfig, SpeedrunConfig, TrainConfig
-from marin_optim.speedrun.config import config_differences
+from marin_optim.speedrun.config import RUN_CONTROL_FIELDS
 from marin_optim.speedrun.mesh import MeshConfig
 
 
@@ -86,10 +87,10 @@ def test_resume_differences_list_computation_fields_only():
         output_dir="elsewhere",
         description="changed",
     )
-    assert config_differences(a.to_dict(), b.to_dict()) == [
-        "optimizer.learning_rate: 0.001 -> 0.002",
-        "train.batch_size: 16 -> 8",
-    ]
+    assert config_differences(a.to_dict(), b.to_dict(), ignore=RUN_CONTROL_FIELDS) == {
+        "optimizer.learning_rate": (0.001, 0.002),
+        "train.batch_size": (16, 8),
+    }
     c = a.replace(optimizer=LionConfig())
-    diffs = config_differences(a.to_dict(), c.to_dict())
-    assert "optimizer.type: 'adamw' -> 'lion'" in diffs
+    diffs = config_differences(a, c, ignore=RUN_CONTROL_FIELDS)
+    assert diffs["optimizer.type"] == ("adamw", "lion")
