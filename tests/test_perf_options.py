@@ -20,7 +20,7 @@ import optax
 import pytest
 
 from marin_optim import AdamConfig, AdamWConfig, ConfigError, OptimizerConfig
-from marin_optim.transforms import tree_select as select_tree
+from marin_optim.transforms import tree_select
 from marin_optim.transforms.adam import scale_by_adam
 from marin_optim.transforms.guards import skip_step_guard
 from marin_optim.transforms.skipping import update_keeping_state_on_skip
@@ -181,7 +181,7 @@ def test_update_keeping_state_equals_update_then_select(skipped):
     u, s = step(grads, state, params)
     ref_u, ref_s = jax.jit(tx.update)(grads, state, params)
     # Two different XLA programs: floating-point contraction may differ by an ulp or so.
-    _close(s, select_tree(pred, state, ref_s), rtol=1e-6, atol=1e-9)
+    _close(s, tree_select(pred, state, ref_s), rtol=1e-6, atol=1e-9)
     if not skipped:  # on a skipped step the update is garbage that the guard zeroes
         _close(u, ref_u, rtol=1e-5, atol=1e-9)
 
@@ -263,7 +263,7 @@ def test_guarded_optax_transforms_are_copy_free(name):
     def textbook_guard(updates, state, params=None, **extra):
         skipped = ~jnp.isfinite(sum(jnp.sum(g) for g in jax.tree.leaves(updates)))
         u, new = inner.update(updates, state, params)
-        return jax.tree.map(lambda x: jnp.where(skipped, 0.0, x), u), select_tree(skipped, state, new)
+        return jax.tree.map(lambda x: jnp.where(skipped, 0.0, x), u), tree_select(skipped, state, new)
 
     control = _compiled_step(optax.GradientTransformationExtraArgs(inner.init, textbook_guard), params, grads)
     assert _full_size_copies(control.as_text(), 64 * 64) > 0
