@@ -36,6 +36,19 @@ def qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def field_defaults(cls: type) -> dict[str, Any]:
+    """``{field: default}`` of a dataclass (factories called; ``dataclasses.MISSING`` where required)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            out[f.name] = dataclasses.MISSING
+    return out
+
+
 def first_line(doc: str | None) -> str:
     """The first line of a docstring (what ``marin-optim list`` shows), or ``""``."""
     doc = (doc or "").strip()

@@ -15,6 +15,7 @@ import yaml
 from marin_optim.cli.parsing import PROG, parse_config
 from marin_optim.config import OptimizerConfig, check_num_train_steps
 from marin_optim.errors import ConfigError, did_you_mean
+from marin_optim.registry import field_defaults
 
 
 def cmd_list(argv: Sequence[str]) -> int:
@@ -134,14 +135,9 @@ def cmd_show(argv: Sequence[str]) -> int:
         )
     hints = typing.get_type_hints(cls)
     rows = []
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            shown = as_written(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            shown = as_written(f.default_factory())
-        else:
-            shown = "(required)"
-        rows.append((f.name, _type_str(hints.get(f.name, Any)), shown, cls.field_doc(f.name)))
+    for name, default in field_defaults(cls).items():
+        shown = "(required)" if default is dataclasses.MISSING else as_written(default)
+        rows.append((name, _type_str(hints.get(name, Any)), shown, cls.field_doc(name)))
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     print("\nFields:")
     for r in rows:

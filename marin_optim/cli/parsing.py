@@ -19,6 +19,7 @@ import yaml
 
 from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError, config_error_in, did_you_mean
+from marin_optim.registry import field_defaults
 
 T = TypeVar("T")
 PROG = "marin-optim"
@@ -128,7 +129,7 @@ def check_keys(cls: type, yaml_tree: Any, overrides: dict[str, str], prefix: str
                 chosen = (sub_yaml or {}).get("type")
             chosen = overrides.get(f"{full}.type", chosen)
             if chosen is None:
-                default = _field_default(cls, key)
+                default = field_defaults(cls).get(key)
                 sub_cls = type(default) if dataclasses.is_dataclass(default) else None
                 if sub_cls is None and base.default_choice_name() is not None:
                     sub_cls = base.get_known_choices()[base.default_choice_name()]
@@ -151,16 +152,6 @@ def check_keys(cls: type, yaml_tree: Any, overrides: dict[str, str], prefix: str
             sub = _dataclass_in(tp)
             if sub is not None:
                 check_keys(sub, sub_yaml, overrides, full + ".")
-
-
-def _field_default(cls: type, name: str) -> Any:
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            if f.default is not dataclasses.MISSING:
-                return f.default
-            if f.default_factory is not dataclasses.MISSING:
-                return f.default_factory()
-    return None
 
 
 def _registered_name(cls: type) -> str | None:

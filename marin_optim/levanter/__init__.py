@@ -43,6 +43,7 @@ from draccus.parsers.encoding import encode_choice
 
 from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError, did_you_mean
+from marin_optim.registry import field_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -146,24 +147,12 @@ def _is_ours(cls: type) -> bool:
     return isinstance(cls, type) and issubclass(cls, OptimizerConfig)
 
 
-def _field_defaults(cls: type) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-        else:
-            out[f.name] = dataclasses.MISSING
-    return out
-
-
 def field_differences(ours: type, theirs: type) -> tuple[list[str], list[str], list[str]]:
     """``(fields only Levanter's class has, fields only ours has, 'name: ours vs theirs' defaults)``.
 
     Schedules compare by meaning (Levanter's ``"cosine"`` is our ``CosineSchedule()``).
     """
-    a, b = _field_defaults(ours), _field_defaults(theirs)
+    a, b = field_defaults(ours), field_defaults(theirs)
     only_theirs = sorted(set(b) - set(a))
     only_ours = sorted(set(a) - set(b))
     defaults = []

@@ -27,6 +27,7 @@ import yaml
 
 from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
+from marin_optim.registry import field_defaults
 
 
 class _NestedMeta(type):
@@ -60,16 +61,6 @@ draccus.decode.register(NestedOptimizerConfig, _decode_nested)
 draccus.encode.register(NestedOptimizerConfig, _encode_nested)
 
 _COMMON_FIELDS = tuple(f.name for f in dataclasses.fields(OptimizerConfig))
-
-
-def _field_default(cls: type, name: str) -> Any:
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            if f.default is not dataclasses.MISSING:
-                return f.default
-            if f.default_factory is not dataclasses.MISSING:
-                return f.default_factory()
-    raise KeyError(name)
 
 
 def derive_config(
@@ -132,7 +123,7 @@ class WrapperConfig(OptimizerConfig):
         if not isinstance(self.base, OptimizerConfig):
             raise ConfigError(f"{self.WRAPPER_NAME}.base={self.base!r}: expected an optimizer config")
         for name in _COMMON_FIELDS:
-            value, default = getattr(self, name), _field_default(type(self), name)
+            value, default = getattr(self, name), field_defaults(type(self))[name]
             if value != default:
                 raise ConfigError(
                     f"{self.WRAPPER_NAME}.{name}={value!r}: set it on the base optimizer instead "
