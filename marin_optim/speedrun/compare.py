@@ -124,35 +124,7 @@ def run_compare(
     if target_loss is None:
         finished = [curves[label] for label in infos if curves[label].train_loss]
         target_loss = max((float(min(smooth(c.train_loss))) for c in finished), default=math.nan)
-    rows = [
-        CompareRow(
-            label=label,
-            optimizer=info["optimizer"],
-            eval_loss=info["eval_loss"],
-            eval_bpb=info["eval_bpb"],
-            steps_to_target=steps_to_target(curves[label], target_loss),
-            training_time=info["training_time"],
-            wall_time=info["wall_time"],
-            tokens_per_second=info["tokens_per_second"],
-            run_dir=str(root / label),
-        )
-        for label, info in infos.items()
-    ]
-    rows += [
-        CompareRow(
-            label=label,
-            optimizer=name,
-            eval_loss=math.nan,
-            eval_bpb=math.nan,
-            steps_to_target=None,
-            training_time=math.nan,
-            wall_time=math.nan,
-            tokens_per_second=None,
-            run_dir=str(root / label),
-            stopped=reason,
-        )
-        for label, (name, reason) in stopped.items()
-    ]
+    rows = _rows(infos, stopped, curves, target_loss, root)
     table = format_table(rows, target_loss, base.train.num_train_steps)
     floor = next(iter(infos.values()), {}).get("loss_floor")
     plot_curves(
@@ -169,6 +141,45 @@ def run_compare(
     log("\n" + table)
     log(f"\nwrote {root / 'compare.md'}, {root / 'compare.json'}, {root / 'compare.png'}")
     return CompareResult(rows=rows, target_loss=target_loss, table=table, output_dir=root)
+
+
+def _rows(
+    infos: dict[str, dict[str, Any]],
+    stopped: dict[str, tuple[str, str]],
+    curves: dict[str, Curve],
+    target_loss: float,
+    root: Path,
+) -> list[CompareRow]:
+    """One row per finished optimizer, then one per optimizer its guard stopped."""
+    rows = [
+        CompareRow(
+            label=label,
+            optimizer=info["optimizer"],
+            eval_loss=info["eval_loss"],
+            eval_bpb=info["eval_bpb"],
+            steps_to_target=steps_to_target(curves[label], target_loss),
+            training_time=info["training_time"],
+            wall_time=info["wall_time"],
+            tokens_per_second=info["tokens_per_second"],
+            run_dir=str(root / label),
+        )
+        for label, info in infos.items()
+    ]
+    return rows + [
+        CompareRow(
+            label=label,
+            optimizer=name,
+            eval_loss=math.nan,
+            eval_bpb=math.nan,
+            steps_to_target=None,
+            training_time=math.nan,
+            wall_time=math.nan,
+            tokens_per_second=None,
+            run_dir=str(root / label),
+            stopped=reason,
+        )
+        for label, (name, reason) in stopped.items()
+    ]
 
 
 def format_table(rows: Sequence[CompareRow], target: float, num_steps: int) -> str:
