@@ -3,13 +3,7 @@
 The public API is re-exported here; nothing outside this package should import private paths.
 """
 
-from marin_optim.config import (
-    OptimizerConfig,
-    check_choice,
-    check_duration,
-    check_positive,
-    check_range,
-)
+from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
 from marin_optim.optimizers._wrapper import NestedOptimizerConfig
 from marin_optim.optimizers.adam import AdamConfig, AdamWConfig
@@ -38,6 +32,7 @@ from marin_optim.schedules import (
 )
 from marin_optim.state import hyperparams
 from marin_optim.transforms.clipping import clip_by_global_norm
+from marin_optim.validation import check_choice, check_duration, check_int, check_positive, check_range
 
 __all__ = [
     "OPTAX_UNSUPPORTED",
@@ -62,6 +57,7 @@ __all__ = [
     "build_lr_schedule",
     "check_choice",
     "check_duration",
+    "check_int",
     "check_positive",
     "check_range",
     "clip_by_global_norm",

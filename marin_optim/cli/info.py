@@ -13,9 +13,10 @@ import draccus
 import yaml
 
 from marin_optim.cli.parsing import PROG, parse_config
-from marin_optim.config import OptimizerConfig, check_num_train_steps
+from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError, did_you_mean
 from marin_optim.registry import field_defaults
+from marin_optim.validation import check_num_train_steps
 
 
 def cmd_list(argv: Sequence[str]) -> int:

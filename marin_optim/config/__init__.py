@@ -5,29 +5,13 @@ from marin_optim.config.base import OptimizerConfig
 from marin_optim.config.groups import DEFAULT_GROUP, ParameterGroup
 from marin_optim.config.resume import ResumeMode, config_differences, resolve_resume
 from marin_optim.config.template import built_by, inject_hyperparams
-from marin_optim.validation import (
-    Duration,
-    check_choice,
-    check_duration,
-    check_int,
-    check_num_train_steps,
-    check_positive,
-    check_range,
-)
 
 __all__ = [
     "DEFAULT_GROUP",
-    "Duration",
     "OptimizerConfig",
     "ParameterGroup",
     "ResumeMode",
     "built_by",
-    "check_choice",
-    "check_duration",
-    "check_int",
-    "check_num_train_steps",
-    "check_positive",
-    "check_range",
     "config_differences",
     "inject_hyperparams",
     "resolve_resume",

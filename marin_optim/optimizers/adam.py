@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import optax
 
-from marin_optim.config import OptimizerConfig, check_choice
+from marin_optim.config import OptimizerConfig
 from marin_optim.transforms.adam import scale_by_adam
 from marin_optim.transforms.single_pass import OnePassRule, adamw_rule
+from marin_optim.validation import check_choice
 
 MOMENT_DTYPES = (None, "float32", "bfloat16")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import optax
 
-from marin_optim.config import Duration, OptimizerConfig, check_duration, check_positive, check_range
+from marin_optim.config import OptimizerConfig
 from marin_optim.transforms.ademamix import (
     ademamix_alpha_schedule,
     ademamix_beta3_schedule,
@@ -25,6 +25,7 @@ from marin_optim.transforms.amsgrad import scale_by_amsgrad
 from marin_optim.transforms.mars import scale_by_mars
 from marin_optim.transforms.nadam import scale_by_nadam
 from marin_optim.transforms.radam import scale_by_radam
+from marin_optim.validation import Duration, check_duration, check_positive, check_range
 
 GROUP = "Adam family"
 

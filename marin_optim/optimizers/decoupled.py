@@ -14,9 +14,10 @@ from typing import Any
 
 import optax
 
-from marin_optim.config import OptimizerConfig, check_positive, check_range
+from marin_optim.config import OptimizerConfig
 from marin_optim.transforms.decoupled import add_relative_decayed_weights
 from marin_optim.transforms.outliers import clip_outlier_norms, scale_by_adalr_lion
+from marin_optim.validation import check_positive, check_range
 
 GROUP = "LLM Foundry (decay scaled by lr/initial_lr)"
 

@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 
 import optax
 
-from marin_optim.config import OptimizerConfig, check_int, check_range
+from marin_optim.config import OptimizerConfig
 from marin_optim.optimizers.muon import MatrixAdamWConfig
 from marin_optim.transforms.dion import scale_by_dion, scale_by_inverse_sqrt_fan_in_learning_rate
+from marin_optim.validation import check_int, check_range
 
 GROUP = "Matrix-aware (orthogonalised updates)"
 

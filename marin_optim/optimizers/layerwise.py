@@ -8,7 +8,8 @@ from typing import Any
 
 import optax
 
-from marin_optim.config import OptimizerConfig, check_range
+from marin_optim.config import OptimizerConfig
+from marin_optim.validation import check_range
 
 GROUP = "Layer-wise (trust ratio)"
 

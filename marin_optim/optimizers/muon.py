@@ -16,12 +16,13 @@ from typing import Any, ClassVar, Literal
 
 import optax
 
-from marin_optim.config import OptimizerConfig, check_choice, check_int, check_positive
+from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
 from marin_optim.labels import ParamLabeler
 from marin_optim.transforms.cautious_weight_decay import add_decayed_weights
 from marin_optim.transforms.muon import LR_SCALINGS, scale_by_muon, scale_by_normuon
 from marin_optim.transforms.newton_schulz import NS_DTYPES, NS_PRESETS
+from marin_optim.validation import check_choice, check_int, check_positive
 
 GROUP = "Matrix-aware (orthogonalised updates)"
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import optax
 
-from marin_optim.config import OptimizerConfig, check_positive, check_range
+from marin_optim.config import OptimizerConfig
 from marin_optim.transforms.prodigy import prodigy
+from marin_optim.validation import check_positive, check_range
 
 GROUP = "Learning-rate free"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import optax
 
-from marin_optim.config import OptimizerConfig, check_positive, check_range
+from marin_optim.config import OptimizerConfig
 from marin_optim.transforms.adafactor import scale_by_adafactor
 from marin_optim.transforms.adagrad import scale_by_adagrad
 from marin_optim.transforms.rmsprop import scale_by_rmsprop_momentum
@@ -23,6 +23,7 @@ from marin_optim.transforms.single_pass import (
     rms_rule,
     rmsprop_momentum_rule,
 )
+from marin_optim.validation import check_positive, check_range
 
 GROUP = "Adagrad / RMSprop family"
 

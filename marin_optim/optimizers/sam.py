@@ -8,11 +8,12 @@ from typing import Any
 
 import optax
 
-from marin_optim.config import OptimizerConfig, check_positive
+from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
 from marin_optim.optimizers._wrapper import NestedOptimizerConfig, WrapperConfig, derive_config
 from marin_optim.optimizers.adam import AdamConfig
 from marin_optim.transforms.sam import sam_gradient
+from marin_optim.validation import check_positive
 
 GROUP = "Wrappers"
 

@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import optax
 import optax.contrib
 
-from marin_optim.config import OptimizerConfig, check_range
+from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
 from marin_optim.schedules import ScheduleConfig, parse_schedule
 from marin_optim.transforms._tree import keep_state_dtypes
+from marin_optim.validation import check_range
 
 GROUP = "Schedule-free"
 

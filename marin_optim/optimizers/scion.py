@@ -8,10 +8,11 @@ from typing import Any, ClassVar, Literal
 
 import optax
 
-from marin_optim.config import OptimizerConfig, check_positive, check_range
+from marin_optim.config import OptimizerConfig
 from marin_optim.optimizers.muon import MatrixOptimizerConfig, _check_ns_fields
 from marin_optim.transforms.muon import scale_by_muon
 from marin_optim.transforms.newton_schulz import NS_DTYPES
+from marin_optim.validation import check_positive, check_range
 
 GROUP = "Matrix-aware (orthogonalised updates)"
 

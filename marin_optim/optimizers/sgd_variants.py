@@ -8,10 +8,11 @@ from typing import Any
 
 import optax
 
-from marin_optim.config import OptimizerConfig, check_positive, check_range
+from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
 from marin_optim.transforms.asgd import asgd_step, average_iterates
 from marin_optim.transforms.rprop import scale_by_rprop
+from marin_optim.validation import check_positive, check_range
 
 GROUP = "SGD family"
 
