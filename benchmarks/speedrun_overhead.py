@@ -34,8 +34,9 @@ import jax
 import numpy as np
 import optax
 
-from marin_optim import host, xla
+from marin_optim import host
 from marin_optim.cli import parse_config
+from marin_optim.runtime import setup_process
 from marin_optim.speedrun import SpeedrunConfig, run_speedrun
 from marin_optim.speedrun.data import SequenceSampler, load_dataset
 from marin_optim.speedrun.model import Transformer, cast_floating, next_token_loss
@@ -135,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--steps must be at least {SKIP + WINDOW + 2}")
     # The process as `marin-optim speedrun` sets it up (both loops share it): malloc's huge
     # pages (restarts the program) and XLA:CPU multi-output fusion.
-    if argv is None:
-        host.reexec_with_malloc_hugepages()
-    fusion = xla.configure_training_process()
+    fusion = setup_process(program=argv is None).cpu_multi_output_fusion
     cfg = parse_config(
         SpeedrunConfig,
         [

@@ -39,15 +39,23 @@ class ProcessSetup:
         return f"XLA:CPU multi-output fusion {fusion}; malloc huge pages {pages}"
 
 
-def setup_process(*, program: bool) -> ProcessSetup:
+def setup_process(*, program: bool, cpu_fusion: bool | None = None, hugepages: bool = True) -> ProcessSetup:
     """Huge pages (``program``: by re-executing this process, which may not return) and the fusion
-    pass (unless JAX's backend already started); returns what the process has now."""
-    from marin_optim.host import reexec_with_malloc_hugepages
-    from marin_optim.xla import configure_training_process
+    pass (unless JAX's backend already started); returns what the process has now.
 
-    if program:
+    ``cpu_fusion``: ``None`` switches the pass on unless ``MARIN_OPTIM_CPU_MULTI_OUTPUT_FUSION=0``,
+    ``True`` switches it on regardless, ``False`` leaves the process as it is (a benchmark's
+    ``--cpu-fusion off``); ``hugepages=False`` never re-executes.
+    """
+    from marin_optim.host import reexec_with_malloc_hugepages
+    from marin_optim.xla import configure_training_process, enable_cpu_multi_output_fusion
+
+    if program and hugepages:
         reexec_with_malloc_hugepages()
-    configure_training_process()
+    if cpu_fusion is None:
+        configure_training_process()
+    elif cpu_fusion:
+        enable_cpu_multi_output_fusion()
     return process_setup()
 
 

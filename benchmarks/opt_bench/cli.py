@@ -29,9 +29,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from marin_optim import OptimizerConfig, host
+from marin_optim import OptimizerConfig
+from marin_optim.runtime import setup_process
 from marin_optim.transforms import global_norm
-from marin_optim.xla import cpu_multi_output_fusion_enabled, enable_cpu_multi_output_fusion
 
 from .plan import build_rows
 from .report import RunInfo, describe, report
@@ -155,12 +155,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if argv is None and args.malloc_hugepages == "on":
-        host.reexec_with_malloc_hugepages()
     # Before the backend starts (jax.devices()): XLA reads XLA_FLAGS once.
-    cpu_fusion = (
-        enable_cpu_multi_output_fusion() if args.cpu_fusion == "on" else cpu_multi_output_fusion_enabled()
+    setup = setup_process(
+        program=argv is None, cpu_fusion=args.cpu_fusion == "on", hugepages=args.malloc_hugepages == "on"
     )
+    cpu_fusion = setup.cpu_multi_output_fusion
     device = jax.devices()[0]
     opts = parse_options(parser, args, device.platform)
     command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
