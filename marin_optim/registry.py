@@ -52,7 +52,7 @@ def field_defaults(cls: type) -> dict[str, Any]:
 def first_line(doc: str | None) -> str:
     """The first line of a docstring (what ``marin-optim list`` shows), or ``""``."""
     doc = (doc or "").strip()
-    return doc.splitlines()[0] if doc else ""
+    return doc.splitlines()[0].strip() if doc else ""
 
 
 def _builtin(cls: type) -> bool:

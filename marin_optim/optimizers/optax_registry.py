@@ -60,6 +60,7 @@ import optax.contrib
 
 from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError, did_you_mean
+from marin_optim.registry import first_line
 from marin_optim.transforms._tree import keep_state_dtypes
 
 logger = logging.getLogger(__name__)
@@ -520,13 +521,8 @@ class OptaxConfig(OptimizerConfig):
 # -- making the classes ----------------------------------------------------------------------
 
 
-def _first_line(doc: str | None) -> str:
-    lines = [ln.strip() for ln in (doc or "").strip().splitlines() if ln.strip()]
-    return lines[0] if lines else ""
-
-
 def _class_doc(spec: OptaxSpec) -> str:
-    summary = _first_line(spec.fn.__doc__).rstrip(".") or spec.name
+    summary = first_line(spec.fn.__doc__).rstrip(".") or spec.name
     lines = [f"{spec.qualname}: {summary}.", ""]
     lines.append(
         f"Parameters as ``{spec.qualname}`` names them; the learning rate ({spec.lr_param}) comes "

@@ -41,7 +41,7 @@ VOCAB_SIZE = 256
 Vocab = Axis("vocab", VOCAB_SIZE)
 
 # name -> (hidden_dim, intermediate_dim, num_heads, num_kv_heads, num_layers, max_seq_len).
-# Marin's speedrun Llama shapes (ANCHORS.md); with a 256-byte vocabulary instead of Llama 3's
+# Marin's speedrun Llama shapes (its speedrun guide); with a 256-byte vocabulary instead of Llama 3's
 # 128k tokens the parameter counts are far below the names, which refer to Marin's models.
 PRESETS: dict[str, tuple[int, int, int, int, int, int]] = {
     "cpu": (128, 384, 4, 2, 4, 256),
