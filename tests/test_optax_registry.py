@@ -253,6 +253,18 @@ def test_bad_values_fail_at_construction():
         reg.optax_config("adamx")
 
 
+def test_radam_threshold_below_four_is_refused():
+    """optax takes it, but its rectifier is NaN while 2 < rho_t < 4 (every b2 passes there)."""
+    with pytest.raises(ConfigError, match=r"optax_radam.threshold=3.0: must be >= 4"):
+        reg.optax_config("radam", threshold=3.0)
+    tx = reg.optax_config("radam", threshold=4.0).build(10)
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    for _ in range(4):  # rho_t = 1, 2, 3, 4 at b2 = 0.999: the NaN steps of threshold 0
+        updates, state = tx.update({"w": jnp.asarray([1.0, -2.0, 0.5])}, state, params)
+        assert bool(jnp.all(jnp.isfinite(updates["w"])))
+
+
 def test_noisy_sgd_is_seeded():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

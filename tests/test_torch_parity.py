@@ -34,6 +34,7 @@ import pytest
 import torch
 
 from marin_optim.config import OptimizerConfig
+from marin_optim.errors import ConfigError
 from marin_optim.optimizers.schedule_free import eval_params
 
 STEPS = 20
@@ -316,6 +317,16 @@ def test_radam_differs_from_optax_radam_where_epsilon_sits():
     """Ours (= torch, case radam_large_eps) adds eps to sqrt(v); optax adds it to sqrt(v_hat)."""
     ours = jax_trajectory(_cfg("radam", learning_rate=LR, weight_decay=0.0, beta2=0.99, epsilon=0.1))
     assert np.max(np.abs(ours[-1] - _optax_trajectory(optax.radam(LR, b1=0.9, b2=0.99, eps=0.1))[-1])) > 1e-4
+
+
+def test_radam_threshold_is_where_the_rectifier_is_real():
+    with pytest.raises(ConfigError, match=r"radam.threshold=3.0: must be in \[4, inf\)"):
+        _cfg("radam", threshold=3.0)
+    # rho_inf = 4 at beta2 = 0.6: never rectified (rho_t < rho_inf), with nothing divided by
+    # rho_inf - 4; torch (threshold 5) takes the same branch.
+    ours = jax_trajectory(_cfg("radam", learning_rate=LR, weight_decay=0.0, beta2=0.6, threshold=4.0))
+    ref = torch_trajectory(lambda p: torch.optim.RAdam(p, lr=LR, betas=(0.9, 0.6)))
+    assert_close(ours, ref)
 
 
 def test_rprop_schedule_scales_the_step():

@@ -93,7 +93,12 @@ class RAdamConfig(OptimizerConfig):
     epsilon: float = 1e-8
     """Added to sqrt(v) in the denominator (before the bias correction)."""
     threshold: float = 5.0
-    """Rectify only once rho_t reaches this (SGD with momentum before)."""
+    """Rectify only once rho_t passes this (SGD with momentum before); at least 4, where the
+    rectifier is real."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_range(self, "threshold", 4.0)
 
     def direction(self) -> optax.GradientTransformation:
         return scale_by_radam(self.beta1, self.beta2, self.epsilon, self.threshold)

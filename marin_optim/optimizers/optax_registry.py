@@ -62,6 +62,7 @@ from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError, did_you_mean
 from marin_optim.registry import first_line
 from marin_optim.transforms._tree import keep_state_dtypes
+from marin_optim.validation import is_finite_real, where_of
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,11 @@ _DEFAULT_OVERRIDES: dict[str, dict[str, tuple[Any, str]]] = {
             "the shared schedule warms up from 0, and at learning rate 0 optax's default divides 0 by 0",
         )
     },
+}
+
+# Values optax accepts that give NaN updates: function -> {parameter: (lowest value, why)}.
+_LOWER_BOUNDS: dict[str, dict[str, tuple[float, str]]] = {
+    "radam": {"threshold": (4.0, "the rectifier is the square root of a negative number for 2 < rho_t < 4")},
 }
 
 # Known behaviours of an optax function worth a line in its config's docstring.
@@ -455,6 +461,13 @@ class OptaxConfig(OptimizerConfig):
                     raise ConfigError(
                         f"{where}.{p.field}={value!r}: not a dtype name (e.g. 'float32', 'bfloat16')"
                     ) from None
+        bounds = _LOWER_BOUNDS.get(spec.name, {})
+        for p in spec.params:
+            if p.name in bounds:
+                lo, why = bounds[p.name]
+                value = getattr(self, p.field)
+                if not (is_finite_real(value) and value >= lo):
+                    raise ConfigError(f"{where_of(self, p.field)}={value!r}: must be >= {lo:g} ({why})")
         if spec.decay_param and not spec.mask_param and self.uses_weight_decay:
             if self.build_weight_decay_mask() is not None:
                 raise ConfigError(

@@ -43,9 +43,15 @@ def scale_by_radam(
     ``K = 2 / (1 - b2) - 2 / c - 1`` and ``h(x) = 1 - x / (e^x - 1)`` (a series for small ``x``):
     accurate to float32 rounding where the direct formula loses three digits (torch computes it
     in float64).
+
+    ``threshold`` must be at least 4: ``r`` is the square root of a negative number while
+    ``2 < rho_t < 4`` (and ``rho_1 = 1``, so every ``b2`` passes through there).
     """
+    if not threshold >= 4.0:
+        raise ValueError(f"threshold={threshold!r}: must be >= 4 (r is NaN while 2 < rho_t < 4)")
     rho_inf = 2.0 / (1.0 - b2) - 1.0
-    denominator = (rho_inf - 4.0) * (rho_inf - 2.0)
+    # rho_t < rho_inf, so with rho_inf <= 4 the rectified branch is never taken.
+    r_scale = rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0)) if rho_inf > 4.0 else 0.0
 
     def rho_at(t: jax.Array) -> jax.Array:
         if b2 <= 0.0:
@@ -71,7 +77,7 @@ def scale_by_radam(
         rho = rho_at(t)
         rectify = rho > threshold
         safe_rho = jnp.where(rectify, rho, rho_inf)  # keeps the unused branch finite
-        r = jnp.sqrt((safe_rho - 4.0) * (safe_rho - 2.0) * jnp.float32(rho_inf / denominator) / safe_rho)
+        r = jnp.sqrt((safe_rho - 4.0) * (safe_rho - 2.0) * jnp.float32(r_scale) / safe_rho)
         mu = jax.tree.map(lambda g, m: b1 * m + (1.0 - b1) * g, updates, state.mu)
         nu = jax.tree.map(lambda g, v: b2 * v + (1.0 - b2) * jnp.square(g), updates, state.nu)
 

@@ -197,7 +197,9 @@ def _mark(state: Any, value: float) -> Any:
     hyperparams = getattr(state, "hyperparams", None)
     if not isinstance(hyperparams, dict) or ONE_PASS not in hyperparams:
         return state
-    return state._replace(hyperparams={**hyperparams, ONE_PASS: jnp.asarray(value, jnp.float32)})
+    # Keep the dtype ``inject_hyperparams`` gave it (the params' dtype for bf16 params).
+    dtype = jnp.asarray(hyperparams[ONE_PASS]).dtype
+    return state._replace(hyperparams={**hyperparams, ONE_PASS: jnp.asarray(value, dtype)})
 
 
 def _count(state: Any) -> jax.Array:
