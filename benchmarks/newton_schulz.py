@@ -106,7 +106,7 @@ def main() -> None:
     steppers: dict[str, Callable[[], Any]] = {}
     for label, cfg in [
         ("adamw", AdamWConfig()),
-        ("muon (bf16 NS)", MuonConfig()),
+        ("muon (bf16 NS)", MuonConfig(ns_dtype="bfloat16")),
         ("muon (fp32 NS)", MuonConfig(ns_dtype="float32")),
     ]:
         tx = cfg.build(1000)

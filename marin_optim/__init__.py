@@ -7,11 +7,16 @@ from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
 from marin_optim.optimizers._wrapper import NestedOptimizerConfig
 from marin_optim.optimizers.adam import AdamConfig, AdamWConfig
+from marin_optim.optimizers.adam_mini import MiniConfig
 from marin_optim.optimizers.adamax import AdamaxConfig
-from marin_optim.optimizers.cautious import CautiousConfig
+from marin_optim.optimizers.adaptive import CautiousConfig
+from marin_optim.optimizers.cautious import CautiousWrapperConfig
 from marin_optim.optimizers.dion import DionConfig
+from marin_optim.optimizers.grug_muon import GrugMuonConfig
+from marin_optim.optimizers.hyperball import AdamHConfig, MuonHConfig
 from marin_optim.optimizers.lion import LionConfig
 from marin_optim.optimizers.muon import MuonConfig, NorMuonConfig
+from marin_optim.optimizers.namo import NamoConfig, NamoDConfig
 from marin_optim.optimizers.noop import NoOpConfig
 from marin_optim.optimizers.optax_registry import UNSUPPORTED as OPTAX_UNSUPPORTED
 from marin_optim.optimizers.optax_registry import optax_config
@@ -19,6 +24,8 @@ from marin_optim.optimizers.sam import SAMConfig
 from marin_optim.optimizers.schedule_free import eval_params
 from marin_optim.optimizers.scion import ScionConfig
 from marin_optim.optimizers.sgd import SGDConfig
+from marin_optim.optimizers.soap import SoapConfig
+from marin_optim.optimizers.sophia import SophiaConfig
 from marin_optim.params import leaf_paths, weight_decay_mask
 from marin_optim.schedules import (
     CycleSchedule,
@@ -37,14 +44,21 @@ from marin_optim.validation import check_choice, check_duration, check_int, chec
 __all__ = [
     "OPTAX_UNSUPPORTED",
     "AdamConfig",
+    "AdamHConfig",
     "AdamWConfig",
     "AdamaxConfig",
     "CautiousConfig",
+    "CautiousWrapperConfig",
     "ConfigError",
     "CycleSchedule",
     "DionConfig",
+    "GrugMuonConfig",
     "LionConfig",
+    "MiniConfig",
     "MuonConfig",
+    "MuonHConfig",
+    "NamoConfig",
+    "NamoDConfig",
     "NestedOptimizerConfig",
     "NoOpConfig",
     "NorMuonConfig",
@@ -54,6 +68,8 @@ __all__ = [
     "ScheduleConfig",
     "ScheduleContext",
     "ScionConfig",
+    "SoapConfig",
+    "SophiaConfig",
     "build_lr_schedule",
     "check_choice",
     "check_duration",

@@ -62,10 +62,15 @@ def suggest(names: Iterable[str]) -> str:
     return f" (did you mean {' or '.join(quoted)}?)" if quoted else ""
 
 
+def common_alias(name: str) -> str | None:
+    """The field a common abbreviation from another framework means (``lr`` -> ``learning_rate``)."""
+    return _ALIASES.get(name.lower())
+
+
 def close_matches(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """The up to ``n`` choices closest to ``name`` (what :func:`did_you_mean` names)."""
     choices = sorted(set(choices))
-    alias = _ALIASES.get(name.lower())
+    alias = common_alias(name)
     if alias is not None and alias in choices:
         return [alias]
 

@@ -540,3 +540,35 @@ def _plain_axes(leaf: _Leaf, batch: tuple[int, ...] = ()) -> MatrixAxes | None:
 def describe_labels(params: PyTree, overrides: Mapping[str, str] | None = None) -> str:
     """Shorthand for ``ParamLabeler(overrides).describe(params)``: the printable assignment."""
     return ParamLabeler(overrides or {}).describe(params)
+
+
+GRUG_ADAMW_NAMES: tuple[str, ...] = ("embed", "lm_head", "output")
+"""Path substrings (lowercase) that Levanter's ``grug_muon`` hands to AdamW."""
+GRUG_STACKED_NAMES: tuple[str, ...] = ("w_up_gate", "w_gate_up", "w_down")
+"""Path substrings (lowercase) of the 3-D (layer-stacked) arrays ``grug_muon`` orthogonalises."""
+
+
+@dataclass(frozen=True)
+class GrugLabeler(ParamLabeler):
+    """Levanter's ``grug_muon`` routing, for raw arrays in the ``(fan_in, fan_out)`` layout.
+
+    Rules after the overrides: a path containing ``embed``, ``lm_head`` or ``output`` (any
+    case) is ``embedding`` / ``head``; any other 2-D array is a ``matrix`` (``in=0, out=1``); a
+    3-D array whose path contains ``w_up_gate``, ``w_gate_up`` or ``w_down`` is a stack of
+    them (axis 0 a batch); everything else is a ``vector``. Only the path and the number of
+    axes count (haliax axis names and module types do not).
+    """
+
+    def _default(self, leaf: _Leaf) -> ParamLabel:
+        path = leaf.path.lower()
+        ndim = len(leaf.shape)
+        if "embed" in path:
+            return ParamLabel(leaf.path, "embedding", leaf.shape, None, "grug: path names an embedding")
+        if any(name in path for name in GRUG_ADAMW_NAMES):
+            return ParamLabel(leaf.path, "head", leaf.shape, None, "grug: path names an output")
+        if ndim == 2:
+            return ParamLabel(leaf.path, "matrix", leaf.shape, MatrixAxes.of(leaf.shape, 0, 1), "grug: 2-D")
+        if ndim == 3 and any(name in path for name in GRUG_STACKED_NAMES):
+            axes = MatrixAxes.of(leaf.shape, 1, 2)
+            return ParamLabel(leaf.path, "matrix", leaf.shape, axes, "grug: stacked 3-D MLP weight")
+        return ParamLabel(leaf.path, "vector", leaf.shape, None, "grug: not a routed matrix")

@@ -26,7 +26,7 @@ import textwrap
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from marin_optim.errors import ConfigError, did_you_mean
+from marin_optim.errors import ConfigError, common_alias, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,33 @@ class NamedRegistry:
         """What an unknown ``type:`` says; the bases word it for their users."""
         known = sorted(cls._choice_registry)
         return f"{cls.REGISTRY_KIND} type={name!r} is not registered{did_you_mean(str(name), known)}"
+
+    @classmethod
+    def unknown_field_message(cls, key: str) -> str:
+        """What a field this class lacks says: the registered classes that have a field of that
+        name (``"backend_steps: unknown field of adam; muon, normuon, scion have it (type:
+        muon)"``, the ``optax_*`` ones last), else close names among its own fields. Fields a
+        class renamed (its ``RENAMED_FIELDS = {old: new}``) and common abbreviations of its own
+        fields (``lr``) come first."""
+        try:
+            name = cls.get_choice_name(cls)
+        except ConfigError:
+            name = cls.__name__
+        owners = sorted(
+            (n for n, c in cls._choice_registry.items() if key in {f.name for f in dataclasses.fields(c)}),
+            key=lambda n: (n.startswith("optax_"), n),
+        )
+        own = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+        renamed = getattr(cls, "RENAMED_FIELDS", {}).get(key)
+        if renamed is not None:
+            return f"{key}: unknown field of {name}: it is now {renamed}"
+        if common_alias(key) in own:  # `lr` means learning_rate here, whoever else has an `lr`
+            return f"{key}: unknown field of {name}{did_you_mean(key, own)}"
+        if owners:
+            shown = ", ".join(owners[:3]) + (", ..." if len(owners) > 3 else "")
+            verb = "has" if len(owners) == 1 else "have"
+            return f"{key}: unknown field of {name}; {shown} {verb} it (type: {owners[0]})"
+        return f"{key}: unknown field of {name}{did_you_mean(key, own)}"
 
     @classmethod
     def registered(cls) -> dict[str, type]:

@@ -55,7 +55,8 @@ def test_schedule_prints_a_table_and_writes_a_png(capsys, tmp_path):
     steps = [int(line.split()[0]) for line in lines]
     assert 0 in steps and 10 in steps and 100 in steps
     row10 = next(line for line in lines if line.split()[0] == "10")
-    assert float(row10.split()[1]) == pytest.approx(1e-4)  # lion's default peak, reached at the end of warmup
+    # lion's default peak (Levanter's), reached at the end of warmup
+    assert float(row10.split()[1]) == pytest.approx(6e-4)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -17,6 +17,7 @@ import pytest
 
 import marin_optim
 from marin_optim import AdamConfig, ConfigError, LionConfig, OptimizerConfig, SGDConfig, hyperparams
+from marin_optim.cli.parsing import check_keys
 
 
 @pytest.mark.parametrize(
@@ -33,7 +34,9 @@ from marin_optim import AdamConfig, ConfigError, LionConfig, OptimizerConfig, SG
         ({"decay": 2.0}, "decay", "fraction"),
         ({"rewarmup": 1.01}, "rewarmup", "fraction"),
         ({"min_lr_ratio": 1.5}, "min_lr_ratio", "[0, 1]"),
-        ({"max_grad_norm": 0.0}, "max_grad_norm", "(0, inf)"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm", "[0, inf)"),
+        ({"haps": [10, 20]}, "haps", "cycles: [10, 20]"),
+        ({"cooldown": 0.1}, "cooldown", "decay"),
         ({"cycles": 0}, "cycles", ">= 1"),
         ({"cycles": [10, 5]}, "cycles", "increase"),
         ({"cycles": 2, "cycle_length": 10}, "cycles", "at most one"),
@@ -55,6 +58,20 @@ def test_bad_values_name_the_field_value_and_rule(kwargs, field, allowed):
     assert allowed in msg
     if field in kwargs and isinstance(kwargs[field], (int, float)) and kwargs[field] == kwargs[field]:
         assert repr(kwargs[field]) in msg
+
+
+def test_levanters_zero_max_grad_norm_is_no_clip():
+    """Levanter writes ``max_grad_norm: 0.0`` for no clip (``if self.max_grad_norm:``)."""
+    params = {"w": jnp.zeros((3,))}
+    grads = {"w": jnp.array([30.0, -40.0, 0.0])}
+    steps = {}
+    for norm in (0.0, None, 1.0):
+        tx = SGDConfig(learning_rate=0.1, max_grad_norm=norm, warmup=0, weight_decay=0.0).build(10)
+        updates, state = tx.update(grads, tx.init(params), params)
+        steps[norm] = np.asarray(updates["w"])
+        assert ("grad_norm" in hyperparams(state)) == (norm == 1.0)
+    np.testing.assert_array_equal(steps[0.0], steps[None])
+    np.testing.assert_allclose(np.linalg.norm(steps[1.0]), 0.1, rtol=1e-6)
 
 
 def test_integers_are_steps_and_floats_are_fractions():
@@ -159,6 +176,18 @@ def test_beyond_injected_is_what_a_levanter_style_trainer_does_not_log():
     # Everything is either in the outermost injected values or in the rest.
     injected = {k.replace("__", "/") for k in state.hyperparams}
     assert injected | set(extra) == set(hyperparams(state))
+
+
+def test_a_field_of_another_optimizer_says_which_has_it():
+    """A field that only other optimizers have names them (``optax_*`` last) and the type to write;
+    a misspelt one of the chosen optimizer's own fields suggests it."""
+    owners = r"backend_steps: unknown field of adam; .*muon.* have it \(type: \w+\)"
+    with pytest.raises(ConfigError, match=owners):
+        OptimizerConfig.from_dict({"type": "adam", "backend_steps": 5})
+    with pytest.raises(ConfigError, match=r"betta1: unknown field of adam \(did you mean 'beta1'"):
+        OptimizerConfig.from_yaml("type: adam\nbetta1: 0.9")
+    with pytest.raises(ConfigError, match=r"optimizer.momentum: unknown field of adam; .*have it"):
+        check_keys(AdamConfig, {"momentum": 0.9}, {}, "optimizer.")
 
 
 def test_unknown_type_suggests_close_names():

@@ -114,9 +114,9 @@ def test_full_rank_dion_approaches_muon() -> None:
     common = dict(learning_rate=1.0, weight_decay=0.0, param_labels=OUT_IN, **CONSTANT)
     dion = last_update(DionConfig(**common), 40)
     exact_muon = last_update(
-        MuonConfig(ns_coefficients="polar_express", backend_steps=8, ns_dtype="float32", **common), 1
+        MuonConfig(coefficient_type="polar_express", backend_steps=8, ns_dtype="float32", **common), 1
     )
-    default_muon = last_update(MuonConfig(**common), 1)
+    default_muon = last_update(MuonConfig(coefficient_type="simple", ns_dtype="bfloat16", **common), 1)
     polar = -math.sqrt(48 / 32) * (u @ v.T)
     rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)
     assert rel(dion, polar) < 0.02

@@ -170,6 +170,22 @@ def test_consecutive_nonfinite_steps_stop_training_with_a_clear_message():
         raise_if_diverged(state, cfg.max_nonfinite_steps)
 
 
+def test_levanters_int_skip_bad_steps_is_the_window():
+    """``skip_bad_steps: N`` (Levanter's history length) builds the same guard as ``true`` with
+    ``skip_window: N``; ``0`` is off, like ``false``."""
+    params = {"w": jnp.zeros((2,))}
+    states = []
+    for cfg in (AdamConfig(skip_bad_steps=16), AdamConfig(skip_bad_steps=True, skip_window=16)):
+        tx = cfg.build(10)
+        states.append(jax.eval_shape(tx.init, params))
+    assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])
+    shapes = [x.shape for x in jax.tree.leaves(states[0])]
+    assert shapes == [x.shape for x in jax.tree.leaves(states[1])]
+    assert (16,) in shapes  # the rolling window's buffers
+    off = AdamConfig(skip_bad_steps=0, skip_nonfinite=False).build(10)
+    off.update({"w": jnp.ones((2,))}, off.init(params), params)  # no guard: no loss needed
+
+
 def test_skip_bad_steps_without_the_loss_says_what_to_pass():
     cfg = AdamConfig(skip_bad_steps=True)
     params = {"w": jnp.zeros((2,))}
@@ -184,6 +200,8 @@ def test_skip_bad_steps_without_the_loss_says_what_to_pass():
         ({"skip_window": 1}, "skip_window"),
         ({"skip_sigma": 0.0}, "skip_sigma"),
         ({"max_nonfinite_steps": -1}, "max_nonfinite_steps"),
+        ({"skip_bad_steps": 1}, "skip_bad_steps"),
+        ({"skip_bad_steps": 64, "skip_window": 32}, "skip_bad_steps"),
     ],
 )
 def test_guard_fields_are_validated(kwargs, field):

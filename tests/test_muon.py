@@ -69,45 +69,85 @@ def run_ours(cfg, params, grads):
     return jax.tree.map(np.asarray, p), state
 
 
-def test_muon_matches_numpy_reference_and_adamw_branch() -> None:
+def global_norm(tree: dict[str, np.ndarray]) -> float:
+    return float(np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in tree.values())))
+
+
+# (weight_decay, adam_weight_decay, max_grad_norm, clip_scope): Levanter's defaults (the AdamW
+# branch clipped by its own norm), one global clip, and each branch's decay set on its own.
+MUON_CASES = [
+    (0.1, None, 1.0, "adam"),
+    (0.1, 0.0, 1.0, "all"),
+    (0.0, 0.05, None, "adam"),
+]
+
+
+@pytest.mark.parametrize(("wd", "adam_wd", "max_norm", "scope"), MUON_CASES)
+def test_muon_matches_numpy_reference_and_adamw_branch(wd, adam_wd, max_norm, scope) -> None:
+    """The written rule: Nesterov Muon on the matrix, AdamW elsewhere, each branch decayed at its
+    own rate, and max_grad_norm clipping the AdamW branch by its own norm (clip_scope: adam,
+    Levanter's) or every gradient by the global norm (all)."""
     params, grads = make_problem()
-    lr, adam_lr, wd, mu = 0.02, 1e-3, 0.1, 0.95
+    # norms far above max_grad_norm, then below it: each step's clip factor differs
+    grads = [{k: scale * v for k, v in g.items()} for scale, g in zip((3.0, 30.0, 0.01), grads, strict=True)]
+    lr, adam_lr, mu = 0.02, 1e-3, 0.95
     cfg = MuonConfig(
         learning_rate=lr,
         adam_lr=adam_lr,
         weight_decay=wd,
-        ns_dtype="float32",
+        adam_weight_decay=adam_wd,
+        coefficient_type="simple",
         param_labels={"w": "matrix(in=1, out=0)"},
-        **CONSTANT,
+        **{**CONSTANT, "max_grad_norm": max_norm},
+        clip_scope=scope,
     )
     ours, state = run_ours(cfg, params, grads)
 
     p = {k: v.astype(np.float64) for k, v in params.items()}
     buf = np.zeros_like(p["w"])
     moments = {k: (np.zeros_like(p[k]), np.zeros_like(p[k])) for k in ("wte", "gain")}
+    adam_decay = wd if adam_wd is None else adam_wd
     for t, g in enumerate(grads, start=1):
-        buf = mu * buf + g["w"]
-        o = ns_numpy(mu * buf + g["w"])  # Nesterov
+        adam_g = {k: g[k] for k in ("wte", "gain")}
+        clipped = g["w"]
+        if max_norm is not None:
+            norm = global_norm(g if scope == "all" else adam_g)
+            adam_g = {k: v * min(1.0, max_norm / norm) for k, v in adam_g.items()}
+            if scope == "all":
+                clipped = g["w"] * min(1.0, max_norm / norm)
+        buf = mu * buf + clipped
+        o = ns_numpy(mu * buf + clipped)  # Nesterov
         p["w"] = p["w"] - lr * (np.sqrt(max(1.0, 48 / 32)) * o + wd * p["w"])
         for k in ("wte", "gain"):
-            p[k], m, v = adamw_numpy(p[k], g[k], *moments[k], t, adam_lr, wd)
+            p[k], m, v = adamw_numpy(p[k], adam_g[k], *moments[k], t, adam_lr, adam_decay)
             moments[k] = (m, v)
     for k in params:
         np.testing.assert_allclose(ours[k], p[k], rtol=2e-5, atol=2e-6, err_msg=k)
     hp = hyperparams(state)
     assert float(hp["learning_rate"]) == pytest.approx(lr)
     assert float(hp["adam_learning_rate"]) == pytest.approx(adam_lr)
+    last = grads[-1]
+    if max_norm is None:
+        assert not any(k.endswith("grad_norm") for k in hp)
+    elif scope == "all":
+        assert float(hp["grad_norm"]) == pytest.approx(global_norm(last), rel=1e-5)
+    else:  # the AdamW branch's clip logs the norm of that branch's gradients
+        assert "grad_norm" not in hp
+        adam_norm = global_norm({k: last[k] for k in ("wte", "gain")})
+        assert float(hp["adam/grad_norm"]) == pytest.approx(adam_norm, rel=1e-5)
 
 
-@pytest.mark.parametrize("lr_scaling", ["spectral", "rms_norm"])
-def test_muon_matches_torch_optim_muon(lr_scaling: str) -> None:
-    """torch.optim.Muon runs Newton–Schulz in bfloat16, as our default does."""
+@pytest.mark.parametrize("use_kimi_scaling", [False, True])
+def test_muon_matches_torch_optim_muon(use_kimi_scaling: bool) -> None:
+    """torch.optim.Muon runs Jordan's (simple) Newton–Schulz in bfloat16, as ns_dtype: bfloat16 does."""
     params, grads = make_problem(seed=1)
     lr, wd = 0.02, 0.1
     cfg = MuonConfig(
         learning_rate=lr,
         weight_decay=wd,
-        lr_scaling=lr_scaling,  # type: ignore[arg-type]
+        use_kimi_scaling=use_kimi_scaling,
+        coefficient_type="simple",
+        ns_dtype="bfloat16",
         muon_epsilon=1e-7,
         param_labels={"w": "matrix(in=1, out=0)"},
         **CONSTANT,
@@ -119,7 +159,7 @@ def test_muon_matches_torch_optim_muon(lr_scaling: str) -> None:
         [{"w": g["w"]} for g in grads],
     )
     w = torch.nn.Parameter(torch.tensor(params["w"]))
-    adjust = {"spectral": "original", "rms_norm": "match_rms_adamw"}[lr_scaling]
+    adjust = "match_rms_adamw" if use_kimi_scaling else "original"
     opt = torch.optim.Muon([w], lr=lr, weight_decay=wd, momentum=0.95, nesterov=True, adjust_lr_fn=adjust)
     for g in grads:
         w.grad = torch.tensor(g["w"])
@@ -171,10 +211,10 @@ def test_normuon_matches_numpy_reference(variant: str) -> None:
         learning_rate=lr, weight_decay=wd, ns_dtype="float32", param_labels={"w": "matrix(in=1, out=0)"}
     )
     if variant == "paper":
-        cfg = NorMuonConfig(lr_scaling="rms_norm", **common, **CONSTANT)
+        cfg = NorMuonConfig(use_kimi_scaling=True, **common, **CONSTANT)
         expected = normuon_paper_numpy(w0.astype(np.float64), gs, lr, wd)
     else:
-        cfg = NorMuonConfig(nesterov=True, lr_scaling="spectral", **common, **CONSTANT)
+        cfg = NorMuonConfig(nesterov=True, use_kimi_scaling=False, **common, **CONSTANT)
         expected = normuon_official_numpy(w0.astype(np.float64), gs, lr, wd)
     ours, _ = run_ours(cfg, {"w": w0}, [{"w": g} for g in gs])
     np.testing.assert_allclose(ours["w"], expected, rtol=1e-4, atol=1e-5)
@@ -217,11 +257,37 @@ def test_cautious_weight_decay_only_where_signs_agree() -> None:
     np.testing.assert_allclose(diff[4:], 0.0, atol=1e-6)
 
 
+def test_muon_defaults_are_levanters() -> None:
+    """Levanter's muon: matrix rate 6e-4, quintic coefficients in float32, the clip on the AdamW
+    branch only; NorMuon (not in Levanter) keeps its own: 0.02, simple in bfloat16, one clip."""
+    cfg = MuonConfig()
+    assert (cfg.learning_rate, cfg.lr, cfg.weight_decay, cfg.adam_weight_decay) == (6e-4, 0.02, 0.0, None)
+    assert (cfg.coefficient_type, cfg.ns_dtype, cfg.clip_scope, cfg.use_kimi_scaling) == (
+        "quintic",
+        "float32",
+        "adam",
+        False,
+    )
+    assert cfg.clip_norm is None and MuonConfig(clip_scope="all").clip_norm == 1.0
+    nor = NorMuonConfig()
+    assert (nor.learning_rate, nor.coefficient_type, nor.ns_dtype, nor.clip_scope) == (
+        0.02,
+        "simple",
+        "bfloat16",
+        "all",
+    )
+    assert MuonConfig(lr=0.02) == cfg  # Levanter's unread field loads at its default
+
+
 def test_configs_validate_fields() -> None:
     cases = [
         (MuonConfig, {"backend_steps": 0}, "backend_steps"),
-        (MuonConfig, {"ns_coefficients": "polar_expres"}, "did you mean 'polar_express'"),
-        (MuonConfig, {"lr_scaling": "kimi"}, "lr_scaling"),
+        (MuonConfig, {"coefficient_type": "polar_expres"}, "did you mean 'polar_express'"),
+        (MuonConfig, {"coefficient_type": "cubic"}, "'simple', 'quintic', 'polar_express', 'aol'"),
+        (MuonConfig, {"lr": 0.05}, r"muon.lr=0.05: Levanter declares lr but never reads it.*learning_rate"),
+        (MuonConfig, {"clip_scope": "muon"}, "clip_scope"),
+        (MuonConfig, {"adam_weight_decay": -0.1}, "adam_weight_decay"),
+        (MuonConfig, {"adam_weight_decay": 0.1, "weight_decay_end": 0.0}, "set at most one"),
         (MuonConfig, {"ns_dtype": "float16"}, "ns_dtype"),
         (MuonConfig, {"momentum": 1.0}, "momentum"),
         (MuonConfig, {"adam_lr": 0.0}, "adam_lr"),
@@ -355,6 +421,9 @@ def test_sharded_update_keeps_sharding_and_matches_one_device() -> None:
         "muon": {"type": "muon", "ns_dtype": "float32", "weight_decay": 0.1, "warmup": 0},
         "normuon": {"type": "normuon", "ns_dtype": "float32", "warmup": 0},
         "dion": {"type": "dion", "rank_fraction": 0.5, "warmup": 0},
+        "namo": {"type": "namo", "warmup": 0},
+        "namoD": {"type": "namoD", "warmup": 0},
+        "grug_muon": {"type": "grug_muon", "weight_decay": 0.1, "warmup": 0},
     }
     env = {
         **os.environ,

@@ -38,13 +38,17 @@ def _errors(x: np.ndarray, g: np.ndarray) -> tuple[float, float, float]:
 
 
 # (preset, steps) -> (max relative distance to U V^T, singular-value interval) in float32 on a
-# well-conditioned Gaussian matrix. "standard" and 5-step "quintic" plateau by design (they trade
-# accuracy for speed); Polar Express converges.
+# well-conditioned Gaussian matrix. "simple" and 5-step "quintic" plateau by design (they trade
+# accuracy for speed); Polar Express converges, and stays converged past its 8 rows; "aol" is a
+# 4-step table, and stays near U V^T past it.
 BOUNDS = {
-    ("standard", 5): (0.30, (0.6, 1.25)),
+    ("simple", 5): (0.30, (0.6, 1.25)),
     ("quintic", 5): (0.06, (0.9, 1.1)),
     ("polar_express", 5): (0.15, (0.8, 1.2)),
     ("polar_express", 8): (2e-3, (0.995, 1.005)),
+    ("polar_express", 10): (2e-3, (0.995, 1.005)),
+    ("aol", 4): (0.03, (0.95, 1.05)),
+    ("aol", 5): (0.03, (0.95, 1.05)),
 }
 BF16_SLACK = 0.06  # bfloat16 carries 8 bits of mantissa: add this to each float32 bound
 
@@ -96,43 +100,86 @@ def test_batched_equals_loop() -> None:
             np.testing.assert_allclose(batched[i, j], single, rtol=1e-5, atol=1e-6)
 
 
+def _iterate_numpy(g: np.ndarray, table: list[tuple[float, float, float]]) -> np.ndarray:
+    """The written iteration in float64: normalise, then one step per row of ``table``."""
+    x = g.astype(np.float64)
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / (np.linalg.norm(x) + 1e-8)
+    for a, b, c in table:
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
 def test_numpy_reference_of_the_iteration() -> None:
-    """The written iteration, in float64 numpy, with the per-step coefficient tables."""
+    """The written iteration, in float64 numpy: quintic cycles its table, polar_express and aol
+    repeat their last row."""
     g = np.random.default_rng(4).standard_normal((20, 12)).astype(np.float32)
-
-    def reference(table: list[tuple[float, float, float]], scale: float) -> np.ndarray:
-        x = g.astype(np.float64).T  # tall -> wide
-        x = x / (scale * np.linalg.norm(x) + 1e-8)
-        for a, b, c in table:
-            gram = x @ x.T
-            x = a * x + (b * gram + c * gram @ gram) @ x
-        return x.T
-
-    quintic = NS_PRESETS["quintic"].table
+    table = {name: preset.table for name, preset in NS_PRESETS.items()}
     cases = {
-        ("standard", 4): ([(3.4445, -4.7750, 2.0315)] * 4, 1.0),
-        ("quintic", 7): ([quintic[k % 5] for k in range(7)], 1.0),
+        ("simple", 4): [(3.4445, -4.7750, 2.0315)] * 4,
+        ("quintic", 7): [table["quintic"][k % 5] for k in range(7)],
+        ("polar_express", 10): [table["polar_express"][min(k, 7)] for k in range(10)],
+        ("aol", 6): [table["aol"][min(k, 3)] for k in range(6)],
     }
-    pe = NS_PRESETS["polar_express"].table
-    cases[("polar_express", 10)] = ([pe[min(k, len(pe) - 1)] for k in range(10)], 1.01)
-    for (preset, steps), (table, scale) in cases.items():
+    for (preset, steps), rows in cases.items():
         ours = np.asarray(newton_schulz(jnp.asarray(g), coefficients=preset, steps=steps, dtype="float32"))
-        np.testing.assert_allclose(ours, reference(table, scale), rtol=2e-4, atol=2e-4, err_msg=preset)
+        np.testing.assert_allclose(ours, _iterate_numpy(g, rows), rtol=2e-4, atol=2e-4, err_msg=preset)
 
 
-def test_polar_express_table_has_the_safety_factor() -> None:
+def test_tables_are_levanters_and_their_sources() -> None:
+    """The four tables Levanter (and NVIDIA's Emerging-Optimizers) ship: Jordan's simple triple,
+    the 5-row quintic table, Polar Express's published rows divided by the safety factor 1.01
+    (rounded to 4 decimals) and Turbo-Muon's 4 rows."""
+    assert NS_PRESETS["simple"].table == ((3.4445, -4.7750, 2.0315),)
+    assert (
+        NS_PRESETS["quintic"].table[0] == (4.0848, -6.8946, 2.9270) and len(NS_PRESETS["quintic"].table) == 5
+    )
+    assert NS_PRESETS["aol"].table[0] == (4.0098, -7.0585, 2.4635) and len(NS_PRESETS["aol"].table) == 4
+    published = [  # Amsel et al. 2025, Algorithm 1 (degree 5, l = 1e-3)
+        (8.28721201814563, -23.595886519098837, 17.300387312530933),
+        (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+        (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+        (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+        (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+        (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+        (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    ]
     pe = NS_PRESETS["polar_express"]
-    a0, b0, c0 = pe.table[0]
-    assert a0 == pytest.approx(8.28721201814563 / 1.01)
-    assert b0 == pytest.approx(-23.595886519098837 / 1.01**3)
-    assert c0 == pytest.approx(17.300387312530933 / 1.01**5)
-    assert pe.table[-1] == (1.875, -1.25, 0.375)
+    for (a, b, c), row in zip(published, pe.table, strict=False):
+        np.testing.assert_allclose(row, (a / 1.01, b / 1.01**3, c / 1.01**5), atol=1e-4)
+    assert pe.table[-1] == (1.875, -1.25, 0.375) and len(pe.table) == 8
     assert pe.for_steps(10)[8:] == (pe.table[-1], pe.table[-1])
+    assert NS_PRESETS["quintic"].for_steps(7)[5:] == NS_PRESETS["quintic"].table[:2]
     assert resolve_coefficients([[1.5, -0.5, 0.0]]).for_steps(3) == ((1.5, -0.5, 0.0),) * 3
     with pytest.raises(ValueError, match="preset"):
         resolve_coefficients("polar")
     with pytest.raises(ValueError, match="3 numbers"):
         resolve_coefficients([[1.0, 2.0]])
+
+
+def test_cycling_polar_express_or_aol_breaks_them() -> None:
+    """Why polar_express and aol repeat their last row where Levanter cycles every table: run
+    again from the top, the first row takes singular values near 1 to a + b + c (1.76 and -0.59),
+    so Levanter's 5-step aol (its default backend_steps) is the negated polar factor and its
+    10-step polar_express (scion's default steps) a third of it; ours stay at U V^T."""
+    g = np.random.default_rng(6).standard_normal((48, 32))
+    u, _, vt = np.linalg.svd(g, full_matrices=False)
+
+    def signed_singular_values(x: np.ndarray) -> np.ndarray:
+        return np.diag(u.T @ x @ vt.T)
+
+    for preset, steps in (("aol", 5), ("polar_express", 10)):
+        table = NS_PRESETS[preset].table
+        cycled = _iterate_numpy(g, [table[k % len(table)] for k in range(steps)])
+        ours = np.asarray(
+            newton_schulz(jnp.asarray(g, jnp.float32), coefficients=preset, steps=steps, dtype="float32")
+        )
+        assert np.all(np.abs(signed_singular_values(cycled) - 1.0) > 0.4), preset
+        np.testing.assert_allclose(signed_singular_values(ours), 1.0, atol=0.05, err_msg=preset)
+    a, b, c = NS_PRESETS["aol"].table[0]
+    assert a + b + c < 0  # the first aol row maps a singular value of 1 to -0.59
 
 
 def test_transform_on_haliax_tree_keeps_axes_and_rejects_vectors() -> None:

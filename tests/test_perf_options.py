@@ -332,7 +332,7 @@ def test_benchmark_layouts_keep_the_size(benchmark_module):
         shape.shapes("flat")
 
 
-@pytest.mark.parametrize("name", ["cautious", "sam"])
+@pytest.mark.parametrize("name", ["cautious_wrapper", "sam"])
 def test_benchmark_bare_rows_of_a_wrapper_set_its_base(benchmark_module, name):
     # A wrapper refuses the common fields itself: the bare row must reach its base.
     bare = benchmark_module.config_with(OptimizerConfig.registered()[name], **benchmark_module.BARE)

@@ -142,13 +142,13 @@ def test_sam_keeps_the_injected_state_outermost_and_the_base_schedule():
     assert float(cfg.lr_scheduler(10)(5)) == pytest.approx(float(base.lr_scheduler(10)(5)))
 
 
-def test_sam_around_cautious_around_adamw_composes():
+def test_sam_around_cautious_wrapper_around_adamw_composes():
     cfg = draccus.decode(
         OptimizerConfig,
         {
             "type": "sam",
             "rho": 0.1,
-            "base": {"type": "cautious", "base": {"type": "adamw", "learning_rate": 0.01}},
+            "base": {"type": "cautious_wrapper", "base": {"type": "adamw", "learning_rate": 0.01}},
         },
     )
     assert type(cfg.base.base).__name__ == "AdamWConfig"

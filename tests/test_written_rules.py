@@ -17,6 +17,7 @@ import optax
 import pytest
 
 from marin_optim.config import OptimizerConfig
+from marin_optim.errors import ConfigError
 from marin_optim.optimizers.adaptive import duration_steps
 from marin_optim.optimizers.schedule_free import eval_params
 from marin_optim.state import hyperparams
@@ -177,7 +178,7 @@ def test_ademamix_logs_its_schedules():
 
 
 def test_cautious_ademamix_masks_the_scheduled_direction():
-    """cautious around AdEMAMix: the mask acts on the direction built with this step's injected
+    """cautious_wrapper around AdEMAMix: the mask acts on the direction built with this step's injected
     alpha and beta3 (the warmup), and the decay stays unmasked."""
     b1, b2, b3, alpha, eps, wd, warmup = 0.9, 0.99, 0.999, 4.0, 1e-8, 0.1, 10
     lb1, lb3 = math.log(b1), math.log(b3)
@@ -206,7 +207,7 @@ def test_cautious_ademamix_masks_the_scheduled_direction():
         alpha=alpha,
         alpha_beta3_warmup=warmup,
     )
-    cfg = OptimizerConfig.get_choice_class("cautious")(base=base)
+    cfg = OptimizerConfig.get_choice_class("cautious_wrapper")(base=base)
     assert_close(ours(cfg), reference(rule))
 
 
@@ -230,7 +231,8 @@ def test_token_durations_round_like_the_schedules():
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_adopt(nesterov):
+def test_adopt_paper_form(nesterov):
+    """``form: paper``: the paper's algorithm with clipping (the default form: the next test)."""
     b1, b2, eps, wd = 0.9, 0.99, 1e-6, 0.1
 
     def rule(p, g, s, t):
@@ -248,19 +250,55 @@ def test_adopt(nesterov):
             p[k] = p[k] - LR * (u + wd * p[k])
         return p
 
-    cfg = _cfg("adopt", learning_rate=LR, weight_decay=wd, beta2=b2, epsilon=eps, nesterov=nesterov)
+    cfg = _cfg(
+        "adopt", form="paper", learning_rate=LR, weight_decay=wd, beta2=b2, epsilon=eps, nesterov=nesterov
+    )
     assert_close(ours(cfg), reference(rule))
 
 
-def test_mars():
-    b1, b2, gamma, eps, c_max, wd = 0.95, 0.99, 0.025, 1e-8, 0.05, 0.1
+@pytest.mark.parametrize(("nesterov", "clip"), [(False, None), (True, None), (False, True)])
+def test_adopt_levanter_form(nesterov, clip):
+    """The default form, Levanter's rule: zero-initialised averages, ``v`` bias-corrected over the
+    earlier steps and ``epsilon`` added, ``m`` bias-corrected counting the first (zero) step; no
+    clip unless ``clip: true``."""
+    b1, b2, eps, wd = 0.9, 0.99, 1e-6, 0.1
+    clipped = []
+
+    def rule(p, g, s, t):
+        k = t - 1  # steps before this one
+        m, v = _moment(s, "m", p), _moment(s, "v", p)
+        for key in p:
+            n = np.zeros_like(g[key]) if k == 0 else g[key] / (np.sqrt(v[key] / (1 - b2**k)) + eps)
+            if clip and k > 0:
+                clipped.append(bool(np.any(np.abs(n) > k**0.25)))
+                n = np.clip(n, -(k**0.25), k**0.25)
+            m[key] = b1 * m[key] + (1 - b1) * n
+            v[key] = b2 * v[key] + (1 - b2) * g[key] ** 2
+            u = b1 * m[key] + (1 - b1) * n if nesterov else m[key]
+            p[key] = p[key] - LR * (u / (1 - b1 ** (k + 1)) + wd * p[key])
+        return p
+
+    cfg = _cfg(
+        "adopt", learning_rate=LR, weight_decay=wd, beta2=b2, epsilon=eps, nesterov=nesterov, clip=clip
+    )
+    assert cfg.form == "levanter"
+    assert_close(ours(cfg), reference(rule))
+    assert any(clipped) == bool(clip)  # with clip: true, the clip was active at least once
+
+
+@pytest.mark.parametrize("c_max", [0.05, 0.0])
+def test_mars(c_max):
+    """Levanter's MARS: ``max_grad_norm`` clips the corrected gradient ``c`` (0: no clip), never ``g``."""
+    b1, b2, gamma, eps, wd = 0.95, 0.99, 0.025, 1e-8, 0.1
 
     def rule(p, g, s, t):
         prev = s.setdefault("prev", _zeros(p))
         m, v = _moment(s, "m", p), _moment(s, "v", p)
         c = {k: g[k] + gamma * b1 / (1 - b1) * (g[k] - prev[k]) for k in p}
         norm = math.sqrt(sum(float(np.sum(c[k] ** 2)) for k in p))
-        c = {k: c[k] * min(1.0, c_max / norm) for k in p}
+        if c_max:
+            assert norm > c_max  # the clip is active
+            c = {k: c[k] * min(1.0, c_max / norm) for k in p}
         for k in p:
             m[k] = b1 * m[k] + (1 - b1) * c[k]
             v[k] = b2 * v[k] + (1 - b2) * c[k] ** 2
@@ -269,8 +307,8 @@ def test_mars():
         s["prev"] = g
         return p
 
-    # c_max_norm small enough that the clip of c is active
-    cfg = _cfg("mars", learning_rate=LR, weight_decay=wd, c_max_norm=c_max)
+    # 0.05 is small enough that the clip is active at every step (g is larger too)
+    cfg = _cfg("mars", learning_rate=LR, weight_decay=wd, max_grad_norm=c_max)
     assert_close(ours(cfg), reference(rule))
 
 
@@ -441,7 +479,7 @@ def test_cautious_adamw():
         return p
 
     base = _cfg("adamw", learning_rate=LR, weight_decay=wd, beta1=b1, beta2=b2, epsilon=eps)
-    cfg = OptimizerConfig.get_choice_class("cautious")(base=base)
+    cfg = OptimizerConfig.get_choice_class("cautious_wrapper")(base=base)
     assert_close(ours(cfg), reference(rule))
 
 
@@ -460,8 +498,52 @@ def test_cautious_on_a_whole_step_masks_the_step():
         return p
 
     base = _cfg("optax_adamw", learning_rate=LR, weight_decay=wd, b1=b1, b2=b2, eps=eps)
-    cfg = OptimizerConfig.get_choice_class("cautious")(base=base)
+    cfg = OptimizerConfig.get_choice_class("cautious_wrapper")(base=base)
     assert_close(ours(cfg), reference(rule))
+
+
+@pytest.mark.parametrize("adamc", [False, True])
+def test_cautious_is_levanters_c_adamw(adamc):
+    """``cautious``: Adam's direction masked where it disagrees with ``g`` and rescaled by
+    ``1 / (mean(phi) + eps)`` (Levanter's); ``adamc_weight_decay`` decays by ``wd lr_t / lr``."""
+    b1, b2, eps, wd = 0.95, 0.95, 1e-8, 0.1
+    cfg = _cfg("cautious", learning_rate=LR, weight_decay=wd, adamc_weight_decay=adamc, lr_schedule="linear")
+    schedule = cfg.lr_scheduler(STEPS)
+    masked = []
+
+    def rule(p, g, s, t):
+        lr = float(schedule(t - 1))
+        decay = wd * lr / LR if adamc else wd
+        m, v = _moment(s, "m", p), _moment(s, "v", p)
+        for k in p:
+            m[k] = b1 * m[k] + (1 - b1) * g[k]
+            v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
+            u = (m[k] / (1 - b1**t)) / (np.sqrt(v[k] / (1 - b2**t)) + eps)
+            phi = (u * g[k] > 0).astype(np.float64)
+            masked.append(phi.mean() < 1)
+            u = u * phi / (phi.mean() + eps)
+            p[k] = p[k] - lr * (u + decay * p[k])
+        return p
+
+    assert float(schedule(STEPS - 1)) < 0.5 * LR  # AdamC's factor moves
+    assert_close(ours(cfg), reference(rule))
+    assert any(masked)
+
+
+def test_cautious_refuses_a_base_and_names_the_wrapper():
+    with pytest.raises(ConfigError, match=r"cautious.base=\{type: lion, ...\}: .* type: cautious_wrapper"):
+        OptimizerConfig.from_dict({"type": "cautious", "base": {"type": "lion"}})
+    wrapped = OptimizerConfig.from_dict({"type": "cautious_wrapper", "base": {"type": "lion"}})
+    assert type(wrapped.base).__name__ == "LionConfig"
+
+
+def test_fields_levanter_declares_but_never_reads_are_refused_when_set():
+    with pytest.raises(ConfigError, match=r"adopt.schedule_list=\['cosine'\]: .* never reads it"):
+        OptimizerConfig.from_dict({"type": "adopt", "schedule_list": ["cosine"]})
+    with pytest.raises(ConfigError, match=r"cautious.gamma=0.05: .* never reads it"):
+        OptimizerConfig.from_dict({"type": "cautious", "gamma": 0.05})
+    assert OptimizerConfig.from_dict({"type": "adopt", "schedule_list": None})
+    assert OptimizerConfig.from_dict({"type": "cautious", "gamma": 0.025})
 
 
 def test_noop_keeps_params_and_every_statistic():

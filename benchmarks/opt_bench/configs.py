@@ -28,7 +28,7 @@ def config_with(cls: type, **overrides: Any) -> OptimizerConfig:
 
 
 def _wrapped(cfg: OptimizerConfig) -> OptimizerConfig | None:
-    """A wrapper's (``cautious``, ``sam``) base, which holds the common fields; else None."""
+    """A wrapper's (``cautious_wrapper``, ``sam``) base, which holds the common fields; else None."""
     base = getattr(cfg, "base", None)
     return base if isinstance(base, OptimizerConfig) else None
 

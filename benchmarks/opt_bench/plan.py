@@ -51,7 +51,7 @@ def _optimizer_rows(
         torch_rows = _torch_rows(name, default_cfg, torch_ctx)
     ours: list[Row] = []
     for label, cfg in labelled:
-        clip = common_config(cfg).max_grad_norm is not None
+        clip = common_config(cfg).clip_norm is not None
         row = _jax_row(
             name, label, "marin_optim", lambda cfg=cfg: cfg.build(NUM_TRAIN_STEPS), params, grads, True, clip
         )
@@ -77,7 +77,7 @@ def _optax_rows(
             print(f"  note: no optax alias for {name}: {e}", file=sys.stderr)
         if alias is None:
             continue
-        tx = optax.chain(optax.clip_by_global_norm(ref_cfg.max_grad_norm), alias) if clip else alias
+        tx = optax.chain(optax.clip_by_global_norm(ref_cfg.clip_norm), alias) if clip else alias
         rows[label] = _jax_row(name, f"optax {label}", "optax", lambda tx=tx: tx, params, grads, False, clip)
     return rows
 

@@ -2,12 +2,13 @@
 
 Hidden matrices (attention and MLP projections, each scan-stacked layer its own matrix) take
 Newton-Schulz-orthogonalised momentum at ``learning_rate``; the embedding, the LM head and the
-norms take AdamW at ``adam_lr``, both on the same cosine schedule, under one global gradient clip.
+norms take AdamW at ``adam_lr``, both on the same cosine schedule; ``max_grad_norm`` clips the AdamW
+branch (Levanter's rule; ``--optimizer.clip_scope all`` for one global clip).
 Print the split with ``MuonConfig().describe_labels(params)``.
 
     python experiments/speedrun/llama_muon.py                               # ~3-5 minutes on 2 cores
     python experiments/speedrun/llama_muon.py --optimizer.type normuon      # NorMuon, same fields
-    python experiments/speedrun/llama_muon.py --optimizer.lr_scaling rms_norm --optimizer.learning_rate 3e-3
+    python experiments/speedrun/llama_muon.py --optimizer.use_kimi_scaling true --optimizer.learning_rate 3e-3
 """
 
 from marin_optim.optimizers.muon import MuonConfig

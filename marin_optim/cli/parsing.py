@@ -19,7 +19,7 @@ import yaml
 
 from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError, config_error_in, did_you_mean
-from marin_optim.registry import field_defaults
+from marin_optim.registry import NamedRegistry, field_defaults
 
 T = TypeVar("T")
 PROG = "marin-optim"
@@ -112,6 +112,8 @@ def check_keys(cls: type, yaml_tree: Any, overrides: dict[str, str], prefix: str
         if key == "type" and prefix:
             continue
         if key not in names:
+            if isinstance(cls, type) and issubclass(cls, NamedRegistry):
+                raise ConfigError(f"{prefix}{cls.unknown_field_message(key)}")
             owner = _registered_name(cls)
             where = f" of {owner}" if owner else ""
             raise ConfigError(f"{prefix}{key}: unknown field{where}{did_you_mean(key, names)}")

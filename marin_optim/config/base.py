@@ -20,6 +20,7 @@ import draccus
 import optax
 import yaml
 
+from marin_optim.averaging import ModelAveragingConfig
 from marin_optim.config import groups as _groups
 from marin_optim.config.template import build_optimizer, resolve_update_path
 from marin_optim.errors import ConfigError, decode_config, did_you_mean
@@ -97,6 +98,10 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
     """Number of equal cycles, or a list of cycle end steps."""
     cycle_length: int | float | list[int] | None = None
     """Cycle length (int steps or fraction), or a list of cycle lengths."""
+    cooldown: float | None = None
+    """Levanter's deprecated cooldown, accepted as null only (a value says what replaces it)."""
+    haps: list[int] | None = None
+    """Levanter's deprecated name of ``cycles: [end, ...]``, accepted as null only."""
     lr_schedule: ScheduleConfig | str = dataclasses.field(default_factory=lambda: parse_schedule("cosine"))
     """Schedule shape: a name (`cosine`) or a config (`{type: wsd, decay_style: exponential}`)."""
     schedule_units: Literal["steps", "tokens"] = "steps"
@@ -113,19 +118,23 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
     """Levanter's default mask (no decay for norms, embeddings, biases): None = only when
     weight_decay_modules is unset, True = always, False = never."""
     max_grad_norm: float | None = 1.0
-    """Global gradient-norm clip (over all parameters); None disables it."""
+    """Global gradient-norm clip (over all parameters); None or 0 (Levanter's off) disables it."""
     skip_nonfinite: bool = True
     """Skip (and count) a step whose loss or gradient norm is NaN/inf instead of applying it."""
     max_nonfinite_steps: int = 8
     """Stop training after this many non-finite steps in a row (checked by the trainer); 0 = never."""
-    skip_bad_steps: bool = False
-    """Skip loss/grad-norm spikes: more than skip_sigma std above the rolling mean (OLMo-core's rule)."""
+    skip_bad_steps: bool | int = False
+    """Skip loss/grad-norm spikes: more than skip_sigma std above the rolling mean (OLMo-core's rule).
+    Levanter's int form ``skip_bad_steps: N`` is ``true`` with a window of N steps."""
     skip_window: int = 128
     """Number of previous steps in the rolling window of skip_bad_steps."""
     skip_sigma: float = 6.0
     """Threshold of skip_bad_steps, in standard deviations."""
     skip_advances_schedule: bool = False
     """Whether a skipped step advances the LR schedule (False: it does not, as in Megatron)."""
+    model_averaging: ModelAveragingConfig | None = None
+    """A moving average of the parameters kept in the optimizer state, for evaluation
+    (``eval_params``): {type: ema, beta: 0.999} or {type: ema_decay_sqrt, ...} (Levanter's)."""
     update_path: Literal["auto", "one_pass", "chain"] = "auto"
     """How elementwise optimizers with a one-pass rule update each parameter: auto = in one memory
     pass where XLA:CPU multi-output fusion is on (marin_optim.runtime), else the chain; one_pass =
@@ -177,6 +186,10 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
     def __post_init__(self) -> None:
         if not isinstance(self.lr_schedule, ScheduleConfig):
             object.__setattr__(self, "lr_schedule", parse_schedule(self.lr_schedule))
+        if isinstance(self.model_averaging, Mapping):  # Python's {type: ema, ...}, as in YAML
+            object.__setattr__(
+                self, "model_averaging", decode_config(ModelAveragingConfig, dict(self.model_averaging))
+            )
         check_types(self)
         self.validate()
 
@@ -199,7 +212,8 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
         check_duration(self, "warmup")
         check_duration(self, "decay", allow_none=True)
         check_duration(self, "rewarmup")
-        check_positive(self, "max_grad_norm", allow_none=True)
+        check_range(self, "max_grad_norm", 0.0, allow_none=True)
+        _check_levanter_deprecated(self)
         check_choice(self, "schedule_units", ("steps", "tokens"))
         check_choice(self, "weight_decay_schedule", ("constant", "linear", "cosine"))
         if self.weight_decay_schedule != "constant" and self.weight_decay_end is None:
@@ -216,6 +230,7 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
         check_choice(self, "update_path", ("auto", "one_pass", "chain"))
         check_range(self, "max_nonfinite_steps", 0)
         check_range(self, "skip_window", 2)
+        _check_skip_window(self)
         check_positive(self, "skip_sigma")
         names = {f.name for f in dataclasses.fields(self)}
         for i, name in enumerate(self.fixed_fields):
@@ -238,6 +253,20 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
                 check_range(self, f.name, 0.0, 1.0, hi_open=True)
             elif f.name in _NONNEGATIVE_FIELDS and value is not None:
                 check_range(self, f.name, 0.0)
+
+    @property
+    def clip_norm(self) -> float | None:
+        """The global clip's norm, or None for no global clip: ``max_grad_norm``, with Levanter's 0
+        for none. Optimizers that spend ``max_grad_norm`` inside their direction, as Levanter's do
+        (``mars`` on its corrected gradient, ``muon``/``scion`` on one branch), return None."""
+        return self.max_grad_norm or None
+
+    @property
+    def spike_window(self) -> int:
+        """The spike rule's window: ``skip_window``, or Levanter's ``skip_bad_steps: N``."""
+        if isinstance(self.skip_bad_steps, bool) or not self.skip_bad_steps:
+            return self.skip_window
+        return self.skip_bad_steps
 
     # -- schedules --------------------------------------------------------------------------
 
@@ -307,15 +336,21 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
         )
 
     def update_rule(self, hp: Mapping[str, Any]) -> optax.GradientTransformation:
-        """Everything after the clip: direction, decayed weights, then ``-learning_rate``.
+        """Everything after the clip: direction, decayed weights, the step's clips, ``-learning_rate``.
 
         ``hp`` holds the injected values of :meth:`hyperparameter_schedules` for this step.
         """
         parts = [self.direction()]
         if self.uses_weight_decay:
             parts.append(optax.add_decayed_weights(hp["weight_decay"], self.build_weight_decay_mask()))
+        parts += self.update_clipping()
         parts.append(optax.scale_by_learning_rate(hp["learning_rate"]))
         return optax.chain(*parts)
+
+    def update_clipping(self) -> list[optax.GradientTransformation]:
+        """Clips of the step ``u + wd p``, applied before ``-learning_rate`` (none here; Levanter's
+        ``adam`` has two)."""
+        return []
 
     def build(self, num_train_steps: int) -> optax.GradientTransformationExtraArgs:
         """The optimizer for a run of ``num_train_steps`` steps (validated before anything compiles):
@@ -347,6 +382,8 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
             return f"{cls.__name__} has no one-pass rule for these options"
         if self.group_overrides:
             return "group_overrides"
+        if self.model_averaging is not None:
+            return "model_averaging"
         if cls.direction is not owner.direction or cls.update_rule is not OptimizerConfig.update_rule:
             return f"{cls.__name__} overrides direction() or update_rule()"
         return None
@@ -381,11 +418,46 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OptimizerConfig:
         """The inverse of :meth:`to_dict` (``type`` picks the class; bad input is a ConfigError)."""
-        return decode_config(OptimizerConfig, dict(data))
+        data = dict(data)
+        chosen = OptimizerConfig.get_choice_class(data.get("type", OptimizerConfig.default_choice_name()))
+        names = {f.name for f in dataclasses.fields(chosen)}
+        for key in data:
+            if key != "type" and key not in names:
+                raise ConfigError(chosen.unknown_field_message(str(key)))
+        return decode_config(OptimizerConfig, data)
 
     @classmethod
     def from_yaml(cls, text: str) -> OptimizerConfig:
         return cls.from_dict(yaml.safe_load(text) or {})
+
+
+def _check_levanter_deprecated(cfg: OptimizerConfig) -> None:
+    """Levanter's deprecated schedule fields load as null (every dumped Levanter block has them)."""
+    if cfg.haps is not None:
+        raise ConfigError(
+            f"{where_of(cfg, 'haps')}={cfg.haps!r}: deprecated in Levanter; write cycles: {cfg.haps!r} "
+            "(the same cycle end steps)"
+        )
+    if cfg.cooldown is not None:
+        raise ConfigError(
+            f"{where_of(cfg, 'cooldown')}={cfg.cooldown!r}: deprecated in Levanter; write the decay "
+            "into the schedule (decay: steps or fraction, lr_schedule: linear, or lr_schedule: {type: wsd})"
+        )
+
+
+def _check_skip_window(cfg: OptimizerConfig) -> None:
+    """Levanter's int form of ``skip_bad_steps`` is the window; it and ``skip_window`` must agree."""
+    if isinstance(cfg.skip_bad_steps, bool):
+        return
+    check_range(cfg, "skip_bad_steps", 0)
+    if cfg.skip_bad_steps:
+        check_range(cfg, "skip_bad_steps", 2)
+        default = next(f.default for f in dataclasses.fields(cfg) if f.name == "skip_window")
+        if cfg.skip_window not in (default, cfg.skip_bad_steps):
+            raise ConfigError(
+                f"{where_of(cfg, 'skip_bad_steps')}={cfg.skip_bad_steps!r} and skip_window="
+                f"{cfg.skip_window!r}: both set the window; keep one"
+            )
 
 
 def _check_cycles(cfg: OptimizerConfig) -> None:

@@ -28,6 +28,7 @@ DEFAULT_GROUP = "default"
 GLOBAL_FIELDS = frozenset(
     {
         "max_grad_norm",
+        "clip_scope",
         "skip_nonfinite",
         "max_nonfinite_steps",
         "skip_bad_steps",
@@ -39,6 +40,7 @@ GLOBAL_FIELDS = frozenset(
         "schedule_units",
         "tokens_per_step",
         "update_path",
+        "model_averaging",
     }
 )
 

@@ -53,7 +53,7 @@ def build_optimizer(cfg: OptimizerConfig, num_train_steps: int) -> optax.Gradien
     for group in groups:
         for name, value in group.config.hyperparameter_schedules(num_train_steps).items():
             schedules[f"{group.name}{GROUP_SEPARATOR}{name}"] = value
-    guarded = cfg.skip_nonfinite or cfg.skip_bad_steps
+    guarded = bool(cfg.skip_nonfinite or cfg.skip_bad_steps)
 
     def make(**hp: Any) -> optax.GradientTransformation:
         body = cfg.update_rule(group_hp(hp, None))
@@ -63,16 +63,18 @@ def build_optimizer(cfg: OptimizerConfig, num_train_steps: int) -> optax.Gradien
                 branches[group.name] = group.config.update_rule(group_hp(hp, group.name))
             body = optax.multi_transform(branches, functools.partial(label_groups, groups))
         parts = []
-        if cfg.max_grad_norm is not None:
-            parts.append(clip_by_global_norm(cfg.max_grad_norm))
+        if cfg.clip_norm is not None:
+            parts.append(clip_by_global_norm(cfg.clip_norm))
         parts.append(body)
+        if cfg.model_averaging is not None:  # last: it averages the parameters after this update
+            parts.append(cfg.model_averaging.transform())
         inner = optax.chain(*parts)
         if guarded:
             inner = skip_step_guard(
                 inner,
                 skip_nonfinite=cfg.skip_nonfinite,
-                skip_spikes=cfg.skip_bad_steps,
-                window=cfg.skip_window,
+                skip_spikes=bool(cfg.skip_bad_steps),
+                window=cfg.spike_window,
                 sigma=cfg.skip_sigma,
             )
         return inner
@@ -88,9 +90,7 @@ def build_optimizer(cfg: OptimizerConfig, num_train_steps: int) -> optax.Gradien
     if rule is not None:  # on the chain too, so that hyperparams(state)["one_pass"] is each step's
         decay_mask = (cfg.build_weight_decay_mask() or True) if cfg.uses_weight_decay else False
         enabled = path == "one_pass"
-        tx = single_pass(
-            tx, rule, max_grad_norm=cfg.max_grad_norm, weight_decay_mask=decay_mask, enabled=enabled
-        )
+        tx = single_pass(tx, rule, max_grad_norm=cfg.clip_norm, weight_decay_mask=decay_mask, enabled=enabled)
     _BUILT_BY[tx.update] = cfg
     return tx
 

@@ -41,6 +41,7 @@ except ImportError as _e:  # one line that says what to install; any other impor
 import draccus
 from draccus.parsers.encoding import encode_choice
 
+from marin_optim.averaging import ModelAveragingConfig
 from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError, did_you_mean
 from marin_optim.registry import field_defaults
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 LevanterOptimizerConfig: type = _levanter_optim.OptimizerConfig
 """Levanter's optimizer registry (``levanter.optim.OptimizerConfig``)."""
+LevanterModelAveragingConfig: type = _levanter_optim.model_averaging.ModelAveragingConfig
+"""Levanter's registry of ``trainer.model_averaging`` rules."""
 
 PREFIX = "marin_optim."
 """Our optimizers' names in Levanter's registry: ``marin_optim.<name>``."""
@@ -70,22 +73,37 @@ def _mirror(name: str, cls: type) -> None:
         registry[name] = cls
 
 
-def _declares_levanter(declared_type: Any) -> bool:
-    """Whether a field declared as ``declared_type`` holds one of Levanter's optimizer configs."""
+def _mirror_averaging(name: str, cls: type) -> None:
+    """Our model-averaging rules in Levanter's ``trainer.model_averaging`` registry, as
+    ``marin_optim.<name>`` (Levanter's ``ema`` and ``ema_decay_sqrt`` stay Levanter's)."""
+    LevanterModelAveragingConfig._choice_registry[PREFIX + name] = cls
+
+
+_LEVANTER_BASES = {
+    OptimizerConfig: LevanterOptimizerConfig,
+    ModelAveragingConfig: LevanterModelAveragingConfig,
+}
+"""Our registries and Levanter's of the same kind."""
+
+
+def _declares_levanter(declared_type: Any, levanter_base: type = LevanterOptimizerConfig) -> bool:
+    """Whether a field declared as ``declared_type`` holds one of Levanter's ``levanter_base`` configs."""
     candidates = typing.get_args(declared_type) or (declared_type,)
-    return any(isinstance(t, type) and issubclass(t, LevanterOptimizerConfig) for t in candidates)
+    return any(isinstance(t, type) and issubclass(t, levanter_base) for t in candidates)
 
 
-def _encode(config: OptimizerConfig, declared_type: Any = None) -> dict[str, Any]:
+def _encode(config: Any, declared_type: Any = None) -> dict[str, Any]:
     """draccus's encoding of a marin_optim config, named for the registry that will decode it.
 
     draccus names a choice by the object's own registry, so without this a ``config.yaml`` Levanter
     saves would say ``type: muon`` for our Muon and load back as Levanter's. Under a field declared
     as Levanter's ``OptimizerConfig`` (``TrainLmConfig.optimizer``, Marin's ``optimizer_config``)
-    the name is ``marin_optim.<name>``; under our own fields it stays ``<name>``.
+    or ``ModelAveragingConfig`` (``trainer.model_averaging``) the name is ``marin_optim.<name>``;
+    under our own fields it stays ``<name>``.
     """
-    encoded = encode_choice(config, OptimizerConfig)
-    if _declares_levanter(declared_type):
+    ours = next(base for base in _LEVANTER_BASES if isinstance(config, base))
+    encoded = encode_choice(config, ours)
+    if _declares_levanter(declared_type, _LEVANTER_BASES[ours]):
         encoded["type"] = PREFIX + encoded["type"]
     return encoded
 
@@ -200,7 +218,9 @@ def register() -> None:
 
     OptimizerConfig.load_plugins()
     OptimizerConfig.on_register(_mirror)
-    draccus.encode.register(OptimizerConfig, _encode, include_subclasses=True)
+    ModelAveragingConfig.on_register(_mirror_averaging)
+    for ours in _LEVANTER_BASES:
+        draccus.encode.register(ours, _encode, include_subclasses=True)
     install_trainer_fixes()
     _registered = True
 

@@ -1,4 +1,4 @@
-"""Configs that wrap another optimizer config (``sam``, ``cautious``, ``noop``): the shared machinery.
+"""Configs that wrap another optimizer config (``sam``, ``cautious_wrapper``, ``noop``): the shared machinery.
 
 A wrapper holds its base optimizer in a ``base`` field and builds *the base's* optimizer with
 one change (a transform before it, around its direction, or after it). Everything else comes

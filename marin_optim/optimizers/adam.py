@@ -7,13 +7,38 @@ from dataclasses import dataclass
 import optax
 
 from marin_optim.config import OptimizerConfig
+from marin_optim.errors import ConfigError
 from marin_optim.transforms.adam import scale_by_adam
+from marin_optim.transforms.clipping import clip_by_block_rms, clip_by_historical_norm
+from marin_optim.transforms.decoupled import adamc_weight_decay
 from marin_optim.transforms.single_pass import OnePassRule, adamw_rule
-from marin_optim.validation import check_choice
+from marin_optim.validation import check_choice, check_int, check_positive, check_types, where_of
 
 MOMENT_DTYPES = (None, "float32", "bfloat16")
 
 GROUP = "Adam family"
+
+
+@dataclass(frozen=True)
+class ClipUpdateNormConfig:
+    """Clip the update's norm to ``sigma_factor`` standard deviations above its recent mean
+    (:func:`marin_optim.transforms.clipping.clip_by_historical_norm`); Levanter's fields."""
+
+    rolling_interval_length: int = 128
+    """Number of previous updates whose norms set the limit; none is clipped until half are known."""
+    sigma_factor: float = 3.0
+    """The limit is mean + sigma_factor * std of those norms."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_int(self, "rolling_interval_length", 2)
+        check_positive(self, "sigma_factor")
+
+    def _where(self, name: str) -> str:
+        return f"clip_update_norm.{name}"
+
+    def build(self) -> optax.GradientTransformation:
+        return clip_by_historical_norm(self.rolling_interval_length, self.sigma_factor)
 
 
 @OptimizerConfig.register_subclass("adam")
@@ -31,6 +56,11 @@ class AdamConfig(OptimizerConfig):
     with ``m_hat = m / (1 - b1^t)``, ``v_hat = v / (1 - b2^t)``. Matches ``torch.optim.AdamW``
     (and ``torch.optim.Adam`` at ``weight_decay=0``; its ``nesterov`` matches ``NAdam`` without
     momentum decay only approximately, so it is checked against the written formula).
+
+    Levanter's options, with its fields and defaults: ``update_rms_clipping`` or
+    ``clip_update_norm`` clip ``u + wd p`` (the step before the learning rate), per block or by
+    the recent norms; ``adamc_weight_decay`` multiplies the decay by ``lr_t / learning_rate``
+    (AdamC). Levanter's ``skip_bad_steps`` is the common field of that name.
     """
 
     beta1: float = 0.9
@@ -45,11 +75,42 @@ class AdamConfig(OptimizerConfig):
     """Storage dtype of the first moment: float32, bfloat16, or None (the parameter's dtype)."""
     nu_dtype: str | None = None
     """Storage dtype of the second moment (None: the parameter's); bfloat16 stalls if beta2 > ~0.99."""
+    update_rms_clipping: float | None = None
+    """Clip the step u + wd p (before the learning rate) to this RMS per leaf, and per layer of
+    scan-stacked modules (Adafactor / StableAdamW-style); None: off. Levanter suggests 1.0."""
+    clip_update_norm: ClipUpdateNormConfig | None = None
+    """Clip the step's global norm to mean + sigma_factor * std of the recent ones
+    ({rolling_interval_length: 128, sigma_factor: 3.0}); None: off. Not with update_rms_clipping;
+    with group_overrides, each group clips its own step against its own history."""
+    adamc_weight_decay: bool = False
+    """AdamC (Defazio, 2025): weight decay times lr_t / learning_rate, so the decay-to-LR ratio
+    stays constant as the LR decays (on top of any weight_decay_schedule)."""
 
     def validate(self) -> None:
         super().validate()
         check_choice(self, "mu_dtype", MOMENT_DTYPES)
         check_choice(self, "nu_dtype", MOMENT_DTYPES)
+        check_positive(self, "update_rms_clipping", allow_none=True)
+        if self.update_rms_clipping is not None and self.clip_update_norm is not None:
+            raise ConfigError(
+                f"{where_of(self, 'update_rms_clipping')}={self.update_rms_clipping!r} and "
+                f"clip_update_norm={self.clip_update_norm!r}: set at most one of the two update clips"
+            )
+
+    def weight_decay_scheduler(self, num_train_steps: int) -> optax.Schedule | float:
+        """The weight-decay schedule, times ``lr_t / learning_rate`` with ``adamc_weight_decay``."""
+        schedule = super().weight_decay_scheduler(num_train_steps)
+        if not self.adamc_weight_decay:
+            return schedule
+        return adamc_weight_decay(schedule, self.lr_scheduler(num_train_steps), self.learning_rate)
+
+    def update_clipping(self) -> list[optax.GradientTransformation]:
+        """``update_rms_clipping`` or ``clip_update_norm``, on the step ``u + wd p`` before ``-lr``."""
+        if self.update_rms_clipping is not None:
+            return [clip_by_block_rms(self.update_rms_clipping)]
+        if self.clip_update_norm is not None:
+            return [self.clip_update_norm.build()]
+        return []
 
     def direction(self) -> optax.GradientTransformation:
         return scale_by_adam(
@@ -65,6 +126,8 @@ class AdamConfig(OptimizerConfig):
         return adamw_rule(self.beta1, self.beta2, self.epsilon)
 
     def single_pass_unsupported(self) -> str | None:
+        if self.update_rms_clipping is not None or self.clip_update_norm is not None:
+            return "update_rms_clipping / clip_update_norm (a clip over whole blocks)"
         if self.nesterov:
             return "nesterov"
         if self.mu_dtype not in (None, "float32") or self.nu_dtype not in (None, "float32"):

@@ -1,4 +1,4 @@
-"""Adam's relatives: NAdamW, RAdam, AMSGrad, AdaBelief, AdEMAMix, ADOPT, MARS.
+"""Adam's relatives: NAdamW, RAdam, AMSGrad, AdaBelief, AdEMAMix, ADOPT, MARS, C-AdamW.
 
 Each is the shared template (clip -> direction -> decoupled decay -> ``-lr``) around one update
 direction, with Levanter-style field names (``beta1``, ``beta2``, ``epsilon``). Defaults follow
@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import optax
 
 from marin_optim.config import OptimizerConfig
+from marin_optim.errors import ConfigError
+from marin_optim.optimizers._wrapper import NestedOptimizerConfig
+from marin_optim.transforms.adam import scale_by_adam
 from marin_optim.transforms.ademamix import (
     ademamix_alpha_schedule,
     ademamix_beta3_schedule,
@@ -22,10 +25,12 @@ from marin_optim.transforms.ademamix import (
 )
 from marin_optim.transforms.adopt import scale_by_adopt
 from marin_optim.transforms.amsgrad import scale_by_amsgrad
+from marin_optim.transforms.cautious import cautious
+from marin_optim.transforms.decoupled import adamc_weight_decay
 from marin_optim.transforms.mars import scale_by_mars
 from marin_optim.transforms.nadam import scale_by_nadam
 from marin_optim.transforms.radam import scale_by_radam
-from marin_optim.validation import Duration, check_duration, check_positive, check_range
+from marin_optim.validation import Duration, check_duration, check_range
 
 GROUP = "Adam family"
 
@@ -224,29 +229,54 @@ class AdEMAMixConfig(OptimizerConfig):
 class ADOPTConfig(OptimizerConfig):
     """ADOPT: momentum of gradients normalised by the previous second moment (converges for any beta2).
 
-    Update (Taniguchi et al., 2024, https://arxiv.org/abs/2411.02853, Algorithm 2 with
-    clipping); the first step only records ``v = g^2``::
+    Update (Taniguchi et al., 2024, https://arxiv.org/abs/2411.02853), with ``k`` the number of
+    earlier steps; the first step (``k = 0``) only records the second moment::
 
-        n = clip(g / max(sqrt(v_prev), epsilon), t^(1/4));  m = beta1 m + (1 - beta1) n
-        v = beta2 v + (1 - beta2) g^2;                      p = p - lr (m + wd p)
+        n = g / (sqrt(v / (1 - beta2^k)) + epsilon)       (v of the earlier steps)
+        m = beta1 m + (1 - beta1) n;   v = beta2 v + (1 - beta2) g^2
+        p = p - lr (m / (1 - beta1^(k+1)) + wd p)
 
-    Levanter's defaults (``beta2=0.95``; the paper uses 0.9999). Levanter's own ``adopt``
-    bias-corrects ``m`` and does not clip; this follows the paper (as ``optax.contrib.adopt``).
+    This is Levanter's ``adopt`` (its fields, defaults and numbers). ``form: paper`` is the
+    paper's algorithm (as ``optax.contrib.adopt``): ``v`` starts at ``g_0^2``, ``n = g /
+    max(sqrt(v), epsilon)``, ``m`` is not bias-corrected, and ``n`` is clipped to ``k^(1/4)``
+    unless ``clip: false``; details in :func:`marin_optim.transforms.scale_by_adopt`.
     """
 
     beta1: float = 0.9
     """Decay rate of the momentum."""
     beta2: float = 0.95
-    """Decay rate of the second moment."""
+    """Decay rate of the second moment (Levanter's default; the paper uses 0.9999)."""
     epsilon: float = 1e-6
-    """Floor of sqrt(v) in the normalisation."""
-    clip: bool = True
-    """Clip the normalised gradient to [-t^(1/4), t^(1/4)] (the paper's stabiliser)."""
+    """Added to (levanter form) or floor of (paper form) sqrt(v) in the normalisation."""
+    form: Literal["levanter", "paper"] = "levanter"
+    """levanter: Levanter's rule (zero-initialised, bias-corrected averages, eps added); paper:
+    the paper's (v_0 = g_0^2, no bias correction, sqrt(v) floored at eps)."""
+    clip: bool | None = None
+    """Clip n to [-k^(1/4), k^(1/4)] (the paper's stabiliser); null = the form's own: on for
+    paper, off for levanter."""
     nesterov: bool = False
-    """Nesterov form of the momentum."""
+    """Nesterov form of the momentum: beta1 m + (1 - beta1) n in place of m."""
+    schedule_list: list[str] | None = None
+    """Levanter declares this field on adopt but never reads it: accepted as null only."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.schedule_list is not None:
+            raise ConfigError(
+                f"{self._where('schedule_list')}={self.schedule_list!r}: Levanter's adopt declares this "
+                "field but never reads it (it changes nothing there); remove it and set the schedule "
+                "with lr_schedule"
+            )
+
+    @property
+    def clips(self) -> bool:
+        """Whether n is clipped: ``clip``, or the form's own choice when it is null."""
+        return self.form == "paper" if self.clip is None else self.clip
 
     def direction(self) -> optax.GradientTransformation:
-        return scale_by_adopt(self.beta1, self.beta2, self.epsilon, clip=self.clip, nesterov=self.nesterov)
+        return scale_by_adopt(
+            self.beta1, self.beta2, self.epsilon, form=self.form, clip=self.clips, nesterov=self.nesterov
+        )
 
 
 @OptimizerConfig.register_subclass("mars")
@@ -256,11 +286,13 @@ class MARSConfig(OptimizerConfig):
 
     Update (Yuan et al., 2024, https://arxiv.org/abs/2411.10438, MARS-AdamW, approximate form)::
 
-        c = g_t + gamma beta1 / (1 - beta1) (g_t - g_{t-1});   c = c min(1, c_max_norm / ||c||)
+        c = g_t + gamma beta1 / (1 - beta1) (g_t - g_{t-1});   c = c min(1, max_grad_norm / ||c||)
         p = p - lr (adam(c) + wd p)
 
-    Levanter's defaults. Levanter's ``mars`` spends ``max_grad_norm`` on ``c``; here the shared
-    clip (``max_grad_norm``) acts on ``g`` like for every optimizer and ``c_max_norm`` on ``c``.
+    Levanter's ``mars`` (its fields, defaults and numbers): ``max_grad_norm`` clips the global
+    norm of the corrected gradient ``c`` (where the paper clips), not of ``g``, so this
+    optimizer has no clip of the raw gradient (0 or null: no clip at all). With
+    ``group_overrides``, each group clips its own ``c``.
     """
 
     beta1: float = 0.95
@@ -271,13 +303,76 @@ class MARSConfig(OptimizerConfig):
     """Strength of the variance-reduction correction."""
     epsilon: float = 1e-8
     """Added to sqrt(v_hat) in the denominator."""
-    c_max_norm: float | None = 1.0
-    """Global-norm clip of the corrected gradient c (the paper clips at 1); null disables it."""
+    max_grad_norm: float | None = 1.0
+    """Global-norm clip of the corrected gradient c (Levanter's, the paper's); 0 or null: none."""
 
     def validate(self) -> None:
         super().validate()
         check_range(self, "gamma", 0.0)
-        check_positive(self, "c_max_norm", allow_none=True)
+
+    @property
+    def clip_norm(self) -> float | None:
+        """None: ``max_grad_norm`` clips the corrected gradient inside the direction, not ``g``."""
+        return None
 
     def direction(self) -> optax.GradientTransformation:
-        return scale_by_mars(self.beta1, self.beta2, self.gamma, self.epsilon, self.c_max_norm)
+        return scale_by_mars(self.beta1, self.beta2, self.gamma, self.epsilon, self.max_grad_norm or None)
+
+
+_CAUTIOUS_GAMMA = 0.025
+"""The only gamma Levanter's cautious is given (it never reads it): its default."""
+
+
+@OptimizerConfig.register_subclass("cautious")
+@dataclass(frozen=True)
+class CautiousConfig(OptimizerConfig):
+    """C-AdamW: Adam whose update keeps only the coordinates that agree in sign with the gradient.
+
+    Update (Liang et al., 2024, "Cautious Optimizers", https://arxiv.org/abs/2411.16085), per
+    parameter tensor, with ``u`` Adam's bias-corrected direction::
+
+        phi = 1[u * g > 0];   u = u * phi / (mean(phi) + epsilon)
+        p = p - lr (u + wd p)                   (adamc_weight_decay: wd -> wd lr_t / learning_rate)
+
+    Levanter's ``cautious`` (its fields, defaults and numbers; its rescaling ``1 / (mean(phi) +
+    eps)`` where the paper's code uses ``n / (sum(phi) + 1)``). To make any other optimizer
+    cautious, with the paper's rescaling: ``type: cautious_wrapper, base: {type: lion, ...}``.
+    """
+
+    beta1: float = 0.95
+    """Decay rate of the first moment."""
+    beta2: float = 0.95
+    """Decay rate of the second moment."""
+    gamma: float = 0.025
+    """Levanter declares gamma on cautious but never reads it: accepted at its default only."""
+    epsilon: float = 1e-8
+    """Added to sqrt(v_hat) in the denominator, and to mean(phi) in the rescaling."""
+    adamc_weight_decay: bool = False
+    """AdamC (Defazio, 2025): weight decay times lr_t / learning_rate, so the decay-to-LR ratio
+    stays constant as the LR decays (on top of any weight_decay_schedule)."""
+    base: NestedOptimizerConfig | None = None
+    """Not C-AdamW's: the wrapper that makes a base optimizer cautious is cautious_wrapper."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.gamma != _CAUTIOUS_GAMMA:
+            raise ConfigError(
+                f"{self._where('gamma')}={self.gamma!r}: Levanter's cautious declares gamma but never "
+                f"reads it (it changes nothing there); remove it (only {_CAUTIOUS_GAMMA} is accepted)"
+            )
+        if self.base is not None:
+            base = self.base.kind()
+            raise ConfigError(
+                f"{self._where('base')}={{type: {base}, ...}}: `cautious` is Levanter's C-AdamW and takes "
+                f"no base; to make {base} cautious write type: cautious_wrapper with the same base"
+            )
+
+    def weight_decay_scheduler(self, num_train_steps: int) -> optax.Schedule | float:
+        """The weight-decay schedule, times ``lr_t / learning_rate`` with ``adamc_weight_decay``."""
+        schedule = super().weight_decay_scheduler(num_train_steps)
+        if not self.adamc_weight_decay:
+            return schedule
+        return adamc_weight_decay(schedule, self.lr_scheduler(num_train_steps), self.learning_rate)
+
+    def direction(self) -> optax.GradientTransformation:
+        return cautious(scale_by_adam(self.beta1, self.beta2, self.epsilon), rescale="mean", eps=self.epsilon)

@@ -1,4 +1,8 @@
-"""``cautious``: the cautious mask (Liang et al., 2024) applied to any optimizer config."""
+"""``cautious_wrapper``: the cautious mask (Liang et al., 2024) applied to any optimizer config.
+
+Levanter's own ``cautious`` (C-AdamW, with its fields) is
+:class:`marin_optim.optimizers.adaptive.CautiousConfig`.
+"""
 
 from __future__ import annotations
 
@@ -22,12 +26,12 @@ _DIRECTION_USED: contextvars.ContextVar[list[bool] | None] = contextvars.Context
 )
 
 
-@OptimizerConfig.register_subclass("cautious")
+@OptimizerConfig.register_subclass("cautious_wrapper")
 @dataclass(frozen=True)
-class CautiousConfig(WrapperConfig):
+class CautiousWrapperConfig(WrapperConfig):
     """Cautious wrapper: drops update coordinates whose sign disagrees with the gradient (any base).
 
-    ``type: cautious, base: {type: adamw, ...}``. Update rule (Liang et al., 2024, "Cautious
+    ``type: cautious_wrapper, base: {type: adamw, ...}``. Update rule (Liang et al., 2024, "Cautious
     Optimizers: Improving Training with One Line of Code", https://arxiv.org/abs/2411.16085),
     per tensor of ``n`` coordinates, with ``u`` the base optimizer's update direction::
 
@@ -37,12 +41,12 @@ class CautiousConfig(WrapperConfig):
     paper). For bases whose update rule is built from ``direction()`` (adam, lion, sgd, ...,
     every config using the shared template) the mask is applied to that direction. Bases that
     assemble their whole step themselves (``optax_*``, ``schedule_free_adamw``, ...) are masked
-    on their final step instead, decay included. With the default base this is Levanter's
-    ``cautious`` (C-AdamW), except that Levanter's normalisation is ``1 / (mean(phi) + eps)``.
-    Schedules, decay, clip and guards come from ``base``.
+    on their final step instead, decay included. Schedules, decay, clip and guards come from
+    ``base``. ``type: cautious`` is Levanter's C-AdamW, whose rescaling is ``1 / (mean(phi) +
+    eps)``; with ``base: {type: adam}`` this wrapper is C-AdamW with the paper's rescaling.
     """
 
-    WRAPPER_NAME = "cautious"
+    WRAPPER_NAME = "cautious_wrapper"
 
     base: NestedOptimizerConfig = dataclasses.field(default_factory=AdamConfig)  # type: ignore[assignment]
     """The optimizer to make cautious (a config; ``{type: adamw, learning_rate: 3e-3}`` in YAML)."""

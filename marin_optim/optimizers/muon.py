@@ -2,10 +2,10 @@
 
 Both split the parameters with :class:`~marin_optim.labels.ParamLabeler` (hidden matrices vs
 embeddings, the output head and vectors; print the split with ``describe_labels``) and build one
-``optax.multi_transform`` inside the base template, so the global gradient-norm clip sees every
-parameter (Levanter clips only the AdamW branch) and both learning rates are injected
+``optax.multi_transform`` inside the base template; both learning rates are injected
 (``learning_rate`` for the matrices, ``adam_learning_rate`` for the rest), each following the
-configured schedule shape.
+configured schedule shape. ``muon`` takes Levanter's fields, defaults and numbers; ``clip_scope``
+chooses between Levanter's clip (the AdamW branch only, the default) and one global clip.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
 from marin_optim.labels import ParamLabeler
 from marin_optim.transforms.cautious_weight_decay import add_decayed_weights
-from marin_optim.transforms.muon import LR_SCALINGS, scale_by_muon, scale_by_normuon
+from marin_optim.transforms.clipping import clip_by_global_norm
+from marin_optim.transforms.muon import scale_by_muon, scale_by_normuon
 from marin_optim.transforms.newton_schulz import NS_DTYPES, NS_PRESETS
-from marin_optim.validation import check_choice, check_int, check_positive
+from marin_optim.validation import check_choice, check_int, check_positive, check_range, where_of
 
 GROUP = "Matrix-aware (orthogonalised updates)"
 
@@ -82,27 +83,49 @@ class MatrixOptimizerConfig(OptimizerConfig):
         """The groups and weight decay of every parameter, then its kind and update rule."""
         return super().param_table(params) + "\n\n" + self.describe_labels(params)
 
-    def weight_decay_step(self, hp: Mapping[str, Any]) -> list[optax.GradientTransformation]:
-        """``[decayed weights]`` (cautious if configured) when weight decay is on, else ``[]``."""
-        if not self.uses_weight_decay:
-            return []
+    def weight_decay_step(
+        self, hp: Mapping[str, Any], rate: Any = None
+    ) -> list[optax.GradientTransformation]:
+        """``[decayed weights]`` (cautious if configured, with the configured mask) at ``rate``, or
+        at the injected ``weight_decay`` when weight decay is on; ``[]`` when it is off."""
+        if rate is None:
+            if not self.uses_weight_decay:
+                return []
+            rate = hp["weight_decay"]
         return [
-            add_decayed_weights(
-                hp["weight_decay"], self.build_weight_decay_mask(), cautious=self.cautious_weight_decay
-            )
+            add_decayed_weights(rate, self.build_weight_decay_mask(), cautious=self.cautious_weight_decay)
         ]
 
     def branch(
-        self, hp: Mapping[str, Any], direction: optax.GradientTransformation, learning_rate: Any
+        self,
+        hp: Mapping[str, Any],
+        direction: optax.GradientTransformation,
+        learning_rate: Any,
+        decay: list[optax.GradientTransformation] | None = None,
     ) -> optax.GradientTransformation:
-        """One branch of :meth:`partition`: ``direction``, this config's weight decay, then ``-lr``.
+        """One branch of :meth:`partition`: ``direction``, weight decay, then ``-lr``.
 
         ``learning_rate`` is the branch's (injected) learning rate, or a transformation that
-        applies it (e.g. Dion's per-matrix rate for the output head).
+        applies it (e.g. Dion's per-matrix rate for the output head); ``decay`` replaces this
+        config's :meth:`weight_decay_step`.
         """
         if not isinstance(learning_rate, optax.GradientTransformation):
             learning_rate = optax.scale_by_learning_rate(learning_rate)
-        return optax.chain(direction, *self.weight_decay_step(hp), learning_rate)
+        decay = self.weight_decay_step(hp) if decay is None else decay
+        return optax.chain(direction, *decay, learning_rate)
+
+    @property
+    def clip_norm(self) -> float | None:
+        """The global clip's norm: ``None`` where ``clip_scope`` (Muon, Scion) names one branch,
+        whose gradients :meth:`branch_clip` clips instead."""
+        return super().clip_norm if getattr(self, "clip_scope", "all") == "all" else None
+
+    def branch_clip(self, branch: str) -> list[optax.GradientTransformation]:
+        """``[clip]`` of ``branch``'s gradients by their own global norm when ``clip_scope`` is
+        ``branch`` and ``max_grad_norm`` is set (Levanter's Muon and Scion), else ``[]``."""
+        if getattr(self, "clip_scope", "all") != branch or not self.max_grad_norm:
+            return []
+        return [clip_by_global_norm(self.max_grad_norm)]
 
     def partition(self, branches: Mapping[str, optax.GradientTransformation]) -> optax.GradientTransformation:
         """``optax.multi_transform`` over ``branches``, routed by :attr:`branches`."""
@@ -136,20 +159,83 @@ class MatrixAdamWConfig(MatrixOptimizerConfig):
         schedules["adam_learning_rate"] = self.lr_scheduler(num_train_steps, override_lr=self.adam_lr)
         return schedules
 
-    def adam_branch(self, hp: Mapping[str, Any], learning_rate: Any) -> optax.GradientTransformation:
-        """AdamW (``beta1``, ``beta2``, ``epsilon``) at ``learning_rate``, as a :meth:`branch`."""
-        return self.branch(hp, optax.scale_by_adam(self.beta1, self.beta2, self.epsilon), learning_rate)
+    def adam_branch(
+        self,
+        hp: Mapping[str, Any],
+        learning_rate: Any,
+        decay: list[optax.GradientTransformation] | None = None,
+    ) -> optax.GradientTransformation:
+        """AdamW (``beta1``, ``beta2``, ``epsilon``) at ``learning_rate``, as a :meth:`branch`
+        (after the branch's own clip where ``clip_scope`` is ``adam``)."""
+        adam = optax.scale_by_adam(self.beta1, self.beta2, self.epsilon)
+        return self.branch(hp, optax.chain(*self.branch_clip("adam"), adam), learning_rate, decay)
 
 
-def _check_ns_fields(cfg: Any, steps_field: str) -> None:
-    check_int(cfg, steps_field)
-    check_choice(cfg, "ns_coefficients", tuple(NS_PRESETS))
+def check_newton_schulz_fields(cfg: Any) -> None:
+    """``backend_steps``, ``coefficient_type`` and ``ns_dtype`` of Muon-like configs."""
+    check_int(cfg, "backend_steps")
+    check_choice(cfg, "coefficient_type", tuple(NS_PRESETS))
     check_choice(cfg, "ns_dtype", tuple(NS_DTYPES))
+
+
+def check_unread_lr(cfg: Any, rate: str) -> None:
+    """Levanter's ``muon`` and ``scion`` declare ``lr: 0.02`` and never read it: accepted at that
+    value (every Levanter block carries it), refused otherwise, since it would change nothing."""
+    if cfg.lr != 0.02:
+        raise ConfigError(
+            f"{where_of(cfg, 'lr')}={cfg.lr!r}: Levanter declares lr but never reads it; "
+            f"the {rate} peak rate is learning_rate (set that, and leave lr at 0.02)"
+        )
+
+
+@dataclass(frozen=True)
+class AdamWFallbackConfig(MatrixAdamWConfig):
+    """Base of Levanter's Newton-Schulz configs (``muon``, ``grug_muon``, ``namo``, ``namoD``):
+    their AdamW fallback's own weight decay and their clip of that branch only.
+
+    Not registered itself. :meth:`fallback_branch` is the AdamW branch (embeddings, the output
+    head, norms and biases) at ``adam_lr`` with ``adam_weight_decay``.
+    """
+
+    adam_weight_decay: float | None = None
+    """Decoupled weight decay of the AdamW branch; None = weight_decay."""
+    max_grad_norm: float | None = 1.0
+    """Gradient-norm clip of the gradients clip_scope names; None or 0 disables it."""
+    clip_scope: Literal["adam", "all"] = "adam"
+    """What max_grad_norm clips: adam = the AdamW branch's gradients by their own norm
+    (Levanter; per parameter group with group_overrides), all = one global clip over every
+    parameter."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_range(self, "adam_weight_decay", 0.0, allow_none=True)
+        if self.adam_weight_decay is not None and self.weight_decay_end is not None:
+            raise ConfigError(
+                f"{where_of(self, 'adam_weight_decay')}={self.adam_weight_decay!r} and "
+                f"weight_decay_end={self.weight_decay_end!r}: the AdamW branch's decay schedule "
+                "would be ambiguous; set at most one"
+            )
+
+    def hyperparameter_schedules(self, num_train_steps: int) -> dict[str, Any]:
+        schedules = super().hyperparameter_schedules(num_train_steps)
+        if self.adam_weight_decay is not None:
+            schedules["adam_weight_decay"] = self.adam_weight_decay
+        return schedules
+
+    def adam_weight_decay_step(self, hp: Mapping[str, Any]) -> list[optax.GradientTransformation]:
+        """The AdamW branch's decay: at ``adam_weight_decay`` when set (off at 0), else as the matrices'."""
+        if self.adam_weight_decay is None:
+            return self.weight_decay_step(hp)
+        return self.weight_decay_step(hp, hp["adam_weight_decay"]) if self.adam_weight_decay > 0 else []
+
+    def fallback_branch(self, hp: Mapping[str, Any]) -> optax.GradientTransformation:
+        """The AdamW branch at the injected ``adam_learning_rate`` with :meth:`adam_weight_decay_step`."""
+        return self.adam_branch(hp, hp["adam_learning_rate"], decay=self.adam_weight_decay_step(hp))
 
 
 @OptimizerConfig.register_subclass("muon")
 @dataclass(frozen=True)
-class MuonConfig(MatrixAdamWConfig):
+class MuonConfig(AdamWFallbackConfig):
     """Muon: Newton-Schulz-orthogonalised momentum for hidden matrices, AdamW for the rest.
 
     Matrix update (Jordan et al., 2024, https://kellerjordan.github.io/posts/muon/; see
@@ -158,20 +244,24 @@ class MuonConfig(MatrixAdamWConfig):
         M = momentum M + G;  U = momentum M + G (nesterov) or M
         p = p - lr (scale(out, in) NS(U) + wd p)
 
-    with ``scale = sqrt(max(1, out/in))`` (``lr_scaling: spectral``) or ``0.2 sqrt(max(out,
-    in))`` (``rms_norm``, Liu et al., 2025, https://arxiv.org/abs/2502.16982: use AdamW-like
+    with ``scale = sqrt(max(1, out/in))``, or ``0.2 sqrt(max(out, in))`` with
+    ``use_kimi_scaling`` (Liu et al., 2025, https://arxiv.org/abs/2502.16982: use AdamW-like
     learning rate and weight decay). Embeddings, the output head, norms and biases use AdamW at
-    ``adam_lr`` (same schedule shape). Fields follow Levanter's ``muon``, with three differences:
-    the matrix learning rate ``learning_rate`` defaults to 0.02 (Levanter's to 6e-4, beside an
-    ``lr`` of 0.02 it never reads), the Newton-Schulz coefficients are ``ns_coefficients``
-    (default ``standard``; Levanter's ``coefficient_type`` defaults to quintic), and one clip
-    covers every parameter (Levanter clips only the AdamW branch).
+    ``adam_lr`` (same schedule shape) with ``adam_weight_decay``. Fields, defaults and numbers
+    are Levanter's ``muon`` (``max_grad_norm`` clips the AdamW branch only, Newton-Schulz runs in
+    float32); ours adds ``clip_scope: all`` (one global clip), ``ns_dtype: bfloat16``,
+    ``param_labels``, ``cautious_weight_decay`` and the schedule, guard and group fields.
+    ``coefficient_type`` ``polar_express`` past 8 steps and ``aol`` past 4 repeat their last
+    row where Levanter cycles (:mod:`marin_optim.transforms.newton_schulz`).
     """
 
-    learning_rate: float = 0.02
-    """Peak learning rate of the Muon (matrix) branch."""
+    learning_rate: float = 6e-4
+    """Peak learning rate of the Muon (matrix) branch (Levanter's default)."""
+    lr: float = 0.02
+    """Levanter's unread field: accepted at 0.02 only (learning_rate is the matrix rate)."""
     weight_decay: float = 0.0
-    """Decoupled weight decay in both branches, multiplied by each branch's learning rate."""
+    """Decoupled weight decay of the matrix branch (and of the AdamW branch unless
+    adam_weight_decay is set), multiplied by the branch's learning rate."""
     momentum: float = 0.95
     """Momentum of the matrix branch (M = momentum M + G)."""
     nesterov: bool = True
@@ -180,15 +270,20 @@ class MuonConfig(MatrixAdamWConfig):
     """Newton-Schulz iterations."""
     muon_epsilon: float = 1e-8
     """Added to the Frobenius norm before Newton-Schulz."""
-    lr_scaling: Literal["spectral", "rms_norm"] = "spectral"
-    """Per-matrix LR multiplier: spectral = sqrt(max(1, out/in)); rms_norm = 0.2 sqrt(max(out, in))
-    (an update RMS like AdamW's, so AdamW's learning rate and weight decay carry over)."""
-    ns_coefficients: str = "standard"
-    """Newton-Schulz coefficients: standard (3.4445, -4.7750, 2.0315), quintic (Dion's 5-step
-    table) or polar_express (Amsel et al. 2025, per-step optimal)."""
-    ns_dtype: Literal["bfloat16", "float32"] = "bfloat16"
-    """Compute dtype of the Newton-Schulz iterations."""
+    use_kimi_scaling: bool = False
+    """Per-matrix LR multiplier 0.2 sqrt(max(out, in)) (Kimi: an update RMS like AdamW's, so
+    AdamW's learning rate and weight decay carry over) instead of sqrt(max(1, out/in))."""
+    coefficient_type: str = "quintic"
+    """Newton-Schulz coefficients: simple (Jordan's 3.4445, -4.7750, 2.0315), quintic (a 5-step
+    table), polar_express (Amsel et al. 2025) or aol (Turbo-Muon's 4-step table)."""
+    ns_dtype: Literal["bfloat16", "float32"] = "float32"
+    """Operand dtype of the Newton-Schulz matrix products (float32 = Levanter's numbers with
+    float32 gradients; bfloat16 = faster on accelerators, ~1% from float32)."""
 
+    RENAMED_FIELDS: ClassVar[dict[str, str]] = {
+        "ns_coefficients": "coefficient_type (Levanter's name; `standard` is `simple`)",
+        "lr_scaling": "use_kimi_scaling (rms_norm: true)",
+    }
     BRANCHES: ClassVar[dict[str, str]] = {
         "matrix": "muon",
         "embedding": "adam",
@@ -198,19 +293,19 @@ class MuonConfig(MatrixAdamWConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_choice(self, "lr_scaling", LR_SCALINGS[:2])
-        _check_ns_fields(self, "backend_steps")
+        check_newton_schulz_fields(self)
+        check_unread_lr(self, "Muon (matrix)")
 
     def momentum_options(self) -> dict[str, Any]:
         """Keyword arguments of the matrix transform shared by Muon and NorMuon."""
         return {
             "momentum": self.momentum,
             "nesterov": self.nesterov,
-            "ns_coefficients": self.ns_coefficients,
+            "ns_coefficients": self.coefficient_type,
             "ns_steps": self.backend_steps,
             "eps": self.muon_epsilon,
             "ns_dtype": NS_DTYPES[self.ns_dtype],
-            "lr_scaling": self.lr_scaling,
+            "lr_scaling": "rms_norm" if self.use_kimi_scaling else "spectral",
         }
 
     def matrix_direction(self) -> optax.GradientTransformation:
@@ -219,8 +314,7 @@ class MuonConfig(MatrixAdamWConfig):
 
     def update_rule(self, hp: Mapping[str, Any]) -> optax.GradientTransformation:
         matrix = self.branch(hp, self.matrix_direction(), hp["learning_rate"])
-        adam = self.adam_branch(hp, hp["adam_learning_rate"])
-        return self.partition({self.BRANCHES["matrix"]: matrix, "adam": adam})
+        return self.partition({self.BRANCHES["matrix"]: matrix, "adam": self.fallback_branch(hp)})
 
 
 @OptimizerConfig.register_subclass("normuon")
@@ -231,14 +325,24 @@ class NorMuonConfig(MuonConfig):
     Matrix update (Li et al., 2025, https://arxiv.org/abs/2510.05491; see
     :func:`~marin_optim.transforms.muon.scale_by_normuon`): Muon's ``O = NS(U)``, then
     ``v = muon_beta2 v + (1 - muon_beta2) mean_row(O^2)`` per output neuron, ``N = O / (sqrt(v)
-    + eps)``, rescaled to a fixed norm: with ``lr_scaling: rms_norm`` the update RMS is exactly
-    0.2 (the paper's Algorithm 1), with ``spectral`` it keeps ``||O||_F`` times
-    ``sqrt(max(1, out/in))`` (the authors' code). Other fields as in ``muon``; Nesterov is off
-    by default, as in the paper.
+    + eps)``, rescaled to a fixed norm: with ``use_kimi_scaling`` the update RMS is exactly
+    0.2 (the paper's Algorithm 1), without it the update keeps ``||O||_F`` times
+    ``sqrt(max(1, out/in))`` (the authors' code). Other fields as in ``muon``, with defaults of
+    its own (Levanter has no ``normuon``): Nesterov off, as in the paper; learning rate 0.02,
+    ``simple`` coefficients in bfloat16 and one global clip.
     """
 
+    learning_rate: float = 0.02
+    """Peak learning rate of the NorMuon (matrix) branch."""
     nesterov: bool = False
     """Orthogonalise momentum M + G (Nesterov) instead of M (off in the NorMuon paper)."""
+    coefficient_type: str = "simple"
+    """Newton-Schulz coefficients: simple, quintic, polar_express or aol (see muon)."""
+    ns_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """Operand dtype of the Newton-Schulz matrix products."""
+    clip_scope: Literal["adam", "all"] = "all"
+    """What max_grad_norm clips: all = one global clip over every parameter, adam = the AdamW
+    branch's gradients by their own norm."""
     muon_beta2: float = 0.95
     """Decay rate of the per-neuron second moment of the orthogonalised update."""
 

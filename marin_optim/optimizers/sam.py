@@ -61,6 +61,6 @@ class SAMConfig(WrapperConfig):
         rho, adaptive = self.rho, self.adaptive
 
         def update_rule(parent: Any, self_: OptimizerConfig, hp: Any) -> optax.GradientTransformation:
-            return optax.chain(sam_gradient(rho, adaptive=adaptive, max_norm=self_.max_grad_norm), parent(hp))
+            return optax.chain(sam_gradient(rho, adaptive=adaptive, max_norm=self_.clip_norm), parent(hp))
 
         return derive_config(self.wrapped_base(), "SAM", {"update_rule": update_rule})

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from marin_optim.transforms._tree import bias_correction, global_norm, increment, zeros_like
+from marin_optim.transforms._tree import global_norm, increment, zeros_like
 
 
 class ScaleByMarsState(NamedTuple):
@@ -40,7 +40,8 @@ def scale_by_mars(
         u = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
     The paper clips ``c`` to norm 1 per tensor; like Levanter's ``mars`` this clips the global
-    norm, so the relative size of the layers' corrections is kept.
+    norm, so the relative size of the layers' corrections is kept. The raw gradient ``g`` is
+    not clipped here (MARS's clip is this one), and ``g_{t-1}`` is stored as it came in.
     """
 
     def init_fn(params: optax.Params) -> ScaleByMarsState:
@@ -60,8 +61,9 @@ def scale_by_mars(
         if c_max_norm is not None:
             scale = jnp.minimum(1.0, c_max_norm / global_norm(c))
             c = jax.tree.map(lambda x: x * scale.astype(x.dtype), c)
-        bc1 = bias_correction(b1, t)
-        bc2 = bias_correction(b2, t)
+        # In float32 with the betas rounded to float32, as Levanter (and optax's Adam) compute it.
+        bc1 = 1.0 - jnp.float32(b1) ** t
+        bc2 = 1.0 - jnp.float32(b2) ** t
         mu = jax.tree.map(lambda x, m: b1 * m + (1.0 - b1) * x, c, state.mu)
         nu = jax.tree.map(lambda x, v: b2 * v + (1.0 - b2) * jnp.square(x), c, state.nu)
         new_updates = jax.tree.map(

@@ -70,13 +70,18 @@ class ScaleByNorMuonState(NamedTuple):
     neuron_second_moment: optax.Updates
 
 
-def _momentum_step(momentum: float, nesterov: bool) -> Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]:
-    """``M <- mu M + G`` (kept in the buffer's dtype); the direction is ``mu M + G`` (Nesterov) or ``M``."""
+def _momentum_step(
+    momentum: float, nesterov: bool, ema: bool = False
+) -> Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]:
+    """``M <- mu M + G`` (or ``mu M + (1 - mu) G`` with ``ema``), kept in the buffer's dtype; the
+    direction is ``mu M + G`` (Nesterov; ``mu M + (1 - mu) G`` with ``ema``) or ``M``."""
+    new_weight = 1.0 - momentum if ema else 1.0
 
     def step(grads: PyTree, buffers: PyTree) -> tuple[PyTree, PyTree]:
-        new = jax.tree.map(lambda m, g: (momentum * m + g).astype(m.dtype), buffers, grads)
-        direction = jax.tree.map(lambda m, g: momentum * m + g, new, grads) if nesterov else new
-        return direction, new
+        new = jax.tree.map(lambda m, g: (momentum * m + new_weight * g).astype(m.dtype), buffers, grads)
+        if not nesterov:
+            return new, new
+        return jax.tree.map(lambda m, g: momentum * m + new_weight * g, new, grads), new
 
     return step
 
@@ -96,7 +101,8 @@ def scale_by_muon(
     *,
     momentum: float = 0.95,
     nesterov: bool = True,
-    ns_coefficients: str | NewtonSchulzCoefficients | Sequence[Sequence[float]] = "standard",
+    ema: bool = False,
+    ns_coefficients: str | NewtonSchulzCoefficients | Sequence[Sequence[float]] = "simple",
     ns_steps: int = 5,
     eps: float = 1e-8,
     ns_dtype: Any = jnp.bfloat16,
@@ -108,15 +114,16 @@ def scale_by_muon(
 
     Update rule, per matrix ``G`` (viewed as ``fan_out x fan_in``)::
 
-        M <- mu M + G
-        U  = mu M + G   (nesterov)   or   M
+        M <- mu M + G                 (ema: M <- mu M + (1 - mu) G)
+        U  = mu M + G   (nesterov)   or   M          (ema: mu M + (1 - mu) G)
         O  = NS(U)      (newton_schulz: U / (||U||_F + eps), then ns_steps polynomial steps)
         u  = shape_scale(fan_out, fan_in) * O
 
     ``shape_scale`` is :func:`shape_scale` (``spectral``: ``sqrt(max(1, out/in))``,
     ``rms_norm``: ``0.2 sqrt(max(out, in))``). The momentum is Levanter's and OLMo-core's
-    un-dampened sum; an exponential average ``(1 - mu) G`` would give the same direction, since
-    NS divides by the norm. Chain with weight decay and ``scale_by_learning_rate``.
+    un-dampened sum; ``ema`` is the exponential average of Levanter's ``scion`` (the same
+    direction after NS, which divides by the norm; only ``eps`` sees the scale). Chain with
+    weight decay and ``scale_by_learning_rate``.
 
     ``axes(updates)`` gives each leaf's :class:`~marin_optim.labels.MatrixAxes` (default: the
     :class:`~marin_optim.labels.ParamLabeler` rules); a leaf without one is an error, so route
@@ -125,7 +132,7 @@ def scale_by_muon(
     """
     _validate(momentum, ns_steps, lr_scaling, ns_coefficients)
     axes_fn = axes or ParamLabeler().matrix_axes
-    step = _momentum_step(momentum, nesterov)
+    step = _momentum_step(momentum, nesterov, ema)
 
     def init_fn(params):
         map_with_axes(lambda v, p: require_matrix(v, "scale_by_muon"), axes_fn(params), params)
@@ -157,7 +164,7 @@ def scale_by_normuon(
     momentum: float = 0.95,
     beta2: float = 0.95,
     nesterov: bool = False,
-    ns_coefficients: str | NewtonSchulzCoefficients | Sequence[Sequence[float]] = "standard",
+    ns_coefficients: str | NewtonSchulzCoefficients | Sequence[Sequence[float]] = "simple",
     ns_steps: int = 5,
     eps: float = 1e-8,
     ns_dtype: Any = jnp.bfloat16,

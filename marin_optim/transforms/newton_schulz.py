@@ -9,17 +9,29 @@ polynomial ``p(x) = a x + b x^3 + c x^5`` to every singular value at once::
 computed on the wide orientation (``X`` is transposed when it has more rows than columns, so
 ``A`` is the smaller Gram matrix) and batched over leading axes with ``jax.vmap``.
 
-Coefficient presets:
+Coefficient presets (``coefficient_type``), the four tables Levanter takes from NVIDIA's
+Emerging-Optimizers (``emerging_optimizers/orthogonalized_optimizers/muon_utils.py``), each after
+the same Frobenius normalisation:
 
-- ``standard``: ``(3.4445, -4.7750, 2.0315)`` at every step (Jordan et al., 2024, Muon,
+- ``simple``: ``(3.4445, -4.7750, 2.0315)`` at every step (Jordan et al., 2024, Muon,
   https://kellerjordan.github.io/posts/muon/): fast but not convergent; singular values end up
   spread over roughly [0.7, 1.2].
-- ``quintic``: the 5-row table used by Dion's Muon (Ahn et al., 2025,
-  https://arxiv.org/abs/2504.05295); step ``k`` uses row ``k mod 5``.
+- ``quintic``: a 5-row table tuned for 5 steps (Cesista, 2025,
+  https://leloykun.github.io/ponder/muon-opt-coeffs/; modded-nanogpt's and Dion's Muon); step
+  ``k`` uses row ``k mod 5``, as in Levanter and Emerging-Optimizers.
 - ``polar_express``: the per-step optimal degree-5 polynomials of Amsel et al., 2025, "The Polar
-  Express" (https://arxiv.org/abs/2505.16932, Algorithm 1): eight published rows, each but the
-  last divided by the safety factors ``(1.01, 1.01^3, 1.01^5)``, the input normalised by
-  ``1.01 ||G||_F``; steps past the table repeat its last row. It converges to ``U V^T``.
+  Express" (https://arxiv.org/abs/2505.16932, Algorithm 1), deflated by the paper's safety
+  factor (1.01) and rounded to 4 decimals; steps past the 8 rows repeat the last one, the
+  paper's rule (it converges to ``U V^T``).
+- ``aol``: the 4-step table of Turbo-Muon (Boissin et al., 2025,
+  https://arxiv.org/abs/2512.04632), which the paper applies after its AOL column rescaling;
+  here, as in Levanter, after the Frobenius normalisation. Steps past the 4 rows repeat the last.
+
+Levanter cycles every table (row ``k mod rows``); for ``polar_express`` past 8 steps and ``aol``
+past 4 this is not what the tables are for: the first row, applied again to singular values
+near 1, sends them to 1.76 (``polar_express``) or -0.59 (``aol``: the 5-step result is the
+*negated* polar factor, about -0.58 U V^T). Both tables here repeat their last row instead; up
+to 8 and 4 steps they are Levanter's.
 
 optax.contrib has ``orthogonalize_via_newton_schulz`` only from optax 0.2.5 on, with an interface
 that changed in 0.2.6 and 0.2.8 (and no compute-dtype option), while marin-levanter allows optax
@@ -64,26 +76,8 @@ class NewtonSchulzCoefficients:
         return tuple(self.table[min(k, n - 1)] for k in range(steps))
 
 
-def _polar_express_table() -> tuple[Triple, ...]:
-    # Amsel et al. 2025, Algorithm 1 (degree 5, l = 1e-3): the published per-step optimal
-    # polynomials; all but the last are deflated by the safety factor 1.01 (Section 4.4).
-    raw = (
-        (8.28721201814563, -23.595886519098837, 17.300387312530933),
-        (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
-        (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
-        (3.3184196573706015, -2.488488024314874, 0.51004894012372),
-        (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
-        (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
-        (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
-        (1.875, -1.25, 0.375),
-    )
-    safety = 1.01
-    scaled = tuple((a / safety, b / safety**3, c / safety**5) for a, b, c in raw[:-1])
-    return (*scaled, raw[-1])
-
-
 NS_PRESETS: dict[str, NewtonSchulzCoefficients] = {
-    "standard": NewtonSchulzCoefficients("standard", ((3.4445, -4.7750, 2.0315),)),
+    "simple": NewtonSchulzCoefficients("simple", ((3.4445, -4.7750, 2.0315),)),
     "quintic": NewtonSchulzCoefficients(
         "quintic",
         (
@@ -95,10 +89,31 @@ NS_PRESETS: dict[str, NewtonSchulzCoefficients] = {
         ),
     ),
     "polar_express": NewtonSchulzCoefficients(
-        "polar_express", _polar_express_table(), after_table="repeat_last", norm_scale=1.01
+        "polar_express",
+        (
+            (8.2051, -22.9019, 16.4607),
+            (4.0664, -2.8612, 0.5184),
+            (3.9096, -2.8234, 0.5250),
+            (3.2856, -2.4153, 0.4853),
+            (2.2779, -1.6198, 0.3985),
+            (1.8726, -1.2307, 0.3585),
+            (1.8564, -1.2132, 0.3568),
+            (1.8750, -1.2500, 0.3750),
+        ),
+        after_table="repeat_last",
+    ),
+    "aol": NewtonSchulzCoefficients(
+        "aol",
+        (
+            (4.0098, -7.0585, 2.4635),
+            (3.4585, -5.5479, 2.5959),
+            (2.7573, -3.2939, 1.4254),
+            (2.7215, -3.0494, 1.3169),
+        ),
+        after_table="repeat_last",
     ),
 }
-"""The coefficient presets by name (see the module docstring)."""
+"""The coefficient presets by name (``coefficient_type``; see the module docstring)."""
 
 NS_DTYPES: dict[str, Any] = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
@@ -129,7 +144,7 @@ def _resolve_dtype(dtype: Any) -> Any:
 def newton_schulz(
     x: jax.Array,
     *,
-    coefficients: str | NewtonSchulzCoefficients | Sequence[Sequence[float]] = "standard",
+    coefficients: str | NewtonSchulzCoefficients | Sequence[Sequence[float]] = "simple",
     steps: int = 5,
     eps: float = 1e-8,
     dtype: Any = jnp.bfloat16,
@@ -160,7 +175,7 @@ def newton_schulz(
         xk = xk / (coeffs.norm_scale * jnp.sqrt(jnp.sum(jnp.square(xk))) + eps)
         for a, b, c in schedule:
             gram = mm(xk, xk.T)
-            poly = b * gram + c * mm(gram, gram)
+            poly = b * gram + mm(c * gram, gram)
             xk = a * xk + mm(poly, xk)
         if tall:
             xk = xk.T
@@ -174,7 +189,7 @@ def newton_schulz(
 def orthogonalize_by_newton_schulz(
     axes: Callable[[PyTree], PyTree] | None = None,
     *,
-    coefficients: str | NewtonSchulzCoefficients | Sequence[Sequence[float]] = "standard",
+    coefficients: str | NewtonSchulzCoefficients | Sequence[Sequence[float]] = "simple",
     steps: int = 5,
     eps: float = 1e-8,
     dtype: Any = jnp.bfloat16,

@@ -29,8 +29,9 @@ pytestmark = pytest.mark.slow
         },
         {"type": "marin_optim.sam", "base": {"type": "adamw", "learning_rate": 3e-3}},
         {"type": "marin_optim.optax_adamw", "learning_rate": 3e-3},
+        {"type": "marin_optim.sophia", "learning_rate": 3e-3, "update_interval": 4},
     ],
-    ids=["lion", "sam", "optax_adamw"],
+    ids=["lion", "sam", "optax_adamw", "sophia"],
 )
 def test_an_optimizer_levanter_lacks_trains_and_its_counters_reach_the_tracker(tmp_path, optimizer):
     metrics = train(tmp_path, optimizer, steps=12).metrics
@@ -51,6 +52,11 @@ def test_an_optimizer_levanter_lacks_trains_and_its_counters_reach_the_tracker(t
         # obj_fn reached SAM: the gradient at the perturbed point is a second, different one
         perturbed = series(metrics, "optim/sam_perturbed_grad_norm")
         assert len(perturbed) == 10 and not np.allclose(perturbed, series(metrics, "optim/grad_norm"))
+    if optimizer["type"] == "marin_optim.sophia":
+        # obj_fn reached Sophia: a Hessian estimate every 4 steps, counted in its state
+        estimates = series(metrics, "optim/hessian_updates")
+        assert len(estimates) == 10 and estimates[-1] == 3 and set(np.diff(estimates)) <= {0.0, 1.0}
+        assert len(series(metrics, "optim/unclipped_fraction")) == 10
 
 
 def test_max_nonfinite_steps_stops_a_levanter_run(tmp_path):

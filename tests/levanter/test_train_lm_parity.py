@@ -47,9 +47,8 @@ def test_our_adam_is_levanters_adam_from_yaml(tmp_path, cache):
 
 
 def test_our_muon_is_levanters_muon_with_the_same_settings(tmp_path, cache, our_muon):
-    """Same fields; with the clip off on both (Levanter clips only the AdamW branch, ours clips every
-    parameter), the quintic coefficients and float32 Newton-Schulz (Levanter iterates in the
-    gradients' dtype) the losses agree to float32 rounding; our default bfloat16 iterations to
+    """The same block (ours is a drop-in: Levanter's defaults, its branch clip, float32 quintic
+    Newton-Schulz): the losses agree to float32 rounding; bfloat16 iterations (ours only) to
     bfloat16 rounding."""
     theirs = train(tmp_path / "levanter", LEVANTER_MUON, ours=False, cache=cache).metrics
     bf16 = train(tmp_path / "bf16", {**OUR_MUON, "ns_dtype": "bfloat16"}, cache=cache).metrics

@@ -101,13 +101,21 @@ def test_markov_floor_and_gradient_accumulation(tiny):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sam", "schedule_free_adamw"])
-def test_optimizers_needing_the_loss_closure_or_an_averaged_eval_point(tiny, name):
-    """SAM differentiates the obj_fn the trainer passes to update(); schedule-free is evaluated at
-    its averaged iterate (eval_params). Both must train through the same loop."""
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"type": "sam"},
+        {"type": "schedule_free_adamw"},
+        {"type": "adam", "model_averaging": {"type": "ema", "beta": 0.5}},
+    ],
+)
+def test_optimizers_needing_the_loss_closure_or_an_averaged_eval_point(tiny, optimizer):
+    """SAM differentiates the obj_fn the trainer passes to update(); schedule-free and model
+    averaging are evaluated at their averaged parameters (eval_params). All train through the
+    same loop."""
     from marin_optim import OptimizerConfig
 
     cfg = tiny("--train.num_train_steps", "4", "--train.eval_sequences", "8", "--train.mesh.data", "1")
-    info = run_speedrun(cfg.replace(optimizer=OptimizerConfig.from_dict({"type": name})), log=quiet).run_info
-    assert info["optimizer"] == name
+    info = run_speedrun(cfg.replace(optimizer=OptimizerConfig.from_dict(optimizer)), log=quiet).run_info
+    assert info["optimizer"] == optimizer["type"]
     assert math.isfinite(info["eval_loss"]) and info["eval_loss"] < info["initial_eval_loss"]

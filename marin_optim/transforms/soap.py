@@ -1,0 +1,428 @@
+"""SOAP: Adam in the eigenbasis of Shampoo's preconditioner (Vyas et al., 2024, arXiv:2409.11321).
+
+For a gradient ``G`` (one matrix, or one block of it) SOAP keeps Shampoo's two factors
+
+    L <- beta_s L + (1 - beta_s) G G^T,        R <- beta_s R + (1 - beta_s) G^T G
+
+and their eigenbases ``Q_L``, ``Q_R`` (refreshed every ``precondition_frequency`` steps), and runs
+Adam in the rotated coordinates:
+
+    m <- b1 m + (1 - b1) G                              (the first moment stays unrotated)
+    G' = Q_L^T G Q_R,   v <- b2 v + (1 - b2) G'^2       (the second moment lives in the eigenbasis)
+    u  = Q_L (Q_L^T m Q_R / (sqrt(v) + eps)) Q_R^T * sqrt(1 - b2^t) / (1 - b1^t)
+
+A tensor of any rank gets one factor per axis (``G`` contracted over every other axis). The first
+step only fills the factors and takes the bases by ``eigh`` (descending eigenvalues); each refresh
+after that is one step of the QR power iteration (the paper's Algorithm 4): sort the current basis
+by its estimated eigenvalues ``diag(Q^T L Q)`` (permuting ``v`` alike), then ``Q <- qr(L Q).Q``.
+
+Levanter's conventions, which these transforms keep (``marin_optim.optimizers.soap`` is a drop-in):
+the step counter counts the first (filling) step, whose update is zero, so bias correction uses
+``t = count``; a refresh at step ``t`` uses the factors as they were before step ``t``'s
+gradient; 1-D tensors get a full ``d x d`` rotation; an axis of ``max_precond_dim`` or more gets
+none. Before all that a tensor's axes may be merged (:func:`merge_small_dims`) and cut into
+blocks zero-padded to ``block_size`` (:func:`soap_layout`), each block with its own factors.
+The transforms are pure functions of one block (:func:`accumulate_factors`, :func:`rotate`,
+:func:`rotate_back`, :func:`eigenbases`, :func:`power_iteration`), batched with ``vmap``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import haliax.nn as hnn
+import jax
+import jax.numpy as jnp
+import optax
+import optax.tree_utils as otu
+
+from marin_optim.errors import ConfigError
+
+HIGHEST = jax.lax.Precision.HIGHEST
+Factors = tuple[jax.Array | None, ...]
+
+
+# -- layout: merged axes, blocks, which axes are rotated ------------------------------------------
+
+
+def _merge_cost(size: int, target: int) -> float:
+    """How far a merged axis of ``size`` is from ``target`` (log2 units; far too small or far too
+    large is penalised steeply). The heuristic of Levanter's SOAP, so the same axes merge."""
+    if size < target:
+        cost = math.log2(target / size)
+        if size < target / 8:
+            cost += 100 * math.log2(target / 8 / size)
+        return cost
+    cost = 10 * math.log2(size / target)
+    if size > 8 * target:
+        cost += 1000 * math.log2(size / (8 * target))
+    return cost
+
+
+def _contiguous_groupings(n: int, start: int = 0) -> Iterator[list[range]]:
+    """Every split of axes ``start..n-1`` into consecutive runs, shortest first run first."""
+    if start == n:
+        yield []
+        return
+    for end in range(start + 1, n + 1):
+        for rest in _contiguous_groupings(n, end):
+            yield [range(start, end), *rest]
+
+
+def merge_small_dims(
+    shape: Sequence[int], target: int, unrotated: Sequence[bool]
+) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """Merges consecutive axes of ``shape`` so that each merged size is close to ``target``.
+
+    Returns the merged shape and, per merged axis, whether it stays unrotated (all of its axes
+    were). Of the groupings of consecutive axes the first with the least total
+    :func:`_merge_cost` wins. A scalar stays a scalar; an all-ones shape becomes ``(1,)``.
+    """
+    if not shape:
+        return (), ()
+    if all(s == 1 for s in shape):
+        return (1,), (True,)
+    best, best_cost = None, math.inf
+    for grouping in _contiguous_groupings(len(shape)):
+        cost = 0.0
+        for group in grouping:
+            cost += _merge_cost(math.prod(shape[i] for i in group), target)
+        if cost < best_cost:
+            best, best_cost = grouping, cost
+    assert best is not None
+    merged = tuple(math.prod(shape[i] for i in g) for g in best)
+    return merged, tuple(all(unrotated[i] for i in g) for g in best)
+
+
+def unrotated_axes(shape: Sequence[int], max_precond_dim: int, one_diag: bool) -> tuple[bool, ...]:
+    """Per axis of an (at least 2-D) tensor, whether it gets no rotation: ``max_precond_dim`` or
+    larger, or (``one_diag``) any axis after the first that could have one."""
+    if len(shape) < 2:
+        return (False,) * max(len(shape), 1)
+    big = [s >= max_precond_dim for s in shape]
+    if not one_diag:
+        return tuple(big)
+    first = next((i for i, b in enumerate(big) if not b), None)
+    return tuple(i != first for i in range(len(shape)))
+
+
+class SoapLayout(NamedTuple):
+    """How one tensor (one layer of a scan-stacked one) is reshaped, blocked and rotated."""
+
+    shape: tuple[int, ...]
+    """The tensor's own shape (without a stacked layer axis)."""
+    merged: tuple[int, ...]
+    """The shape after merging small axes (``shape`` when merging is off)."""
+    blocks: tuple[int, ...]
+    """Number of blocks along each merged axis (all 1 without blocking)."""
+    block_shape: tuple[int, ...]
+    """Shape of one (zero-padded) block."""
+    rotated: tuple[bool, ...]
+    """Per block axis, whether it has a factor and a basis."""
+
+    @property
+    def num_blocks(self) -> int:
+        return math.prod(self.blocks)
+
+
+def soap_layout(
+    shape: Sequence[int],
+    *,
+    max_precond_dim: int,
+    one_diag: bool,
+    merge_dims: bool,
+    target_merged_dim_size: int,
+    block_size: int | None,
+) -> SoapLayout:
+    """The layout of a tensor of ``shape``: merge small axes, cut each rotated axis longer than
+    ``block_size`` into blocks, zero-pad every block axis to a multiple of ``block_size``.
+
+    A 1-D block is always rotated (Levanter's rule); an N-D block axis is when it is shorter than
+    ``max_precond_dim`` (with ``one_diag``, only the first such axis). ``block_size=None``: no
+    blocks and no padding.
+    """
+    shape = tuple(int(s) for s in shape)
+    unrotated = unrotated_axes(shape, max_precond_dim, one_diag)
+    merged = shape
+    if merge_dims:
+        merged, unrotated = merge_small_dims(shape, target_merged_dim_size, unrotated)
+    if block_size is None:
+        blocks, block_shape = (1,) * len(merged), merged
+    else:
+        blocks = tuple(
+            -(-d // block_size) if (block_size < d and not u) else 1
+            for d, u in zip(merged, unrotated, strict=True)
+        )
+        # a cut axis has blocks of block_size; an uncut one is padded up to a multiple of it
+        block_shape = tuple(
+            block_size if n > 1 else -(-d // block_size) * block_size
+            for d, n in zip(merged, blocks, strict=True)
+        )
+    if len(block_shape) == 1:
+        rotated: tuple[bool, ...] = (True,)
+    else:
+        rotated, first = [], True
+        for s in block_shape:
+            rotated.append(s < max_precond_dim and (first or not one_diag))
+            first = first and not rotated[-1]
+        rotated = tuple(rotated)
+    return SoapLayout(shape, merged, blocks, block_shape, rotated)
+
+
+def to_blocks(x: jax.Array, layout: SoapLayout) -> jax.Array:
+    """``x`` (of ``layout.shape``) as ``(num_blocks, *block_shape)``, zero-padded."""
+    x = x.reshape(layout.merged)
+    padded = [n * b for n, b in zip(layout.blocks, layout.block_shape, strict=True)]
+    x = jnp.pad(x, [(0, p - d) for p, d in zip(padded, layout.merged, strict=True)])
+    x = x.reshape([v for n, b in zip(layout.blocks, layout.block_shape, strict=True) for v in (n, b)])
+    k = len(layout.merged)
+    x = x.transpose([2 * i for i in range(k)] + [2 * i + 1 for i in range(k)])
+    return x.reshape((layout.num_blocks, *layout.block_shape))
+
+
+def from_blocks(x: jax.Array, layout: SoapLayout) -> jax.Array:
+    """The inverse of :func:`to_blocks`: the padding is dropped."""
+    k = len(layout.merged)
+    x = x.reshape((*layout.blocks, *layout.block_shape))
+    x = x.transpose([v for i in range(k) for v in (i, k + i)])
+    x = x.reshape([n * b for n, b in zip(layout.blocks, layout.block_shape, strict=True)])
+    x = x[tuple(slice(0, d) for d in layout.merged)]
+    return x.reshape(layout.shape)
+
+
+# -- one block ----------------------------------------------------------------------------------
+
+
+def accumulate_factors(g: jax.Array, factors: Factors, beta: float) -> Factors:
+    """``F_i <- F_i + (1 - beta) (G_(i) G_(i)^T - F_i)``, ``G_(i)`` the unfolding along axis ``i``."""
+    out = []
+    for i, f in enumerate(factors):
+        if f is None:
+            out.append(None)
+            continue
+        others = [j for j in range(g.ndim) if j != i]
+        outer = jnp.tensordot(g, g, axes=(others, others), precision=HIGHEST)
+        out.append(f + (1 - beta) * (outer - f))
+    return tuple(out)
+
+
+def rotate(x: jax.Array, bases: Factors) -> jax.Array:
+    """``x`` in the eigenbasis: ``x x_i Q_i^T`` over every rotated axis ``i`` (``Q_L^T X Q_R``)."""
+    for q in bases:  # each step consumes the leading axis and appends the rotated one last
+        x = jnp.moveaxis(x, 0, -1) if q is None else jnp.tensordot(x, q, axes=((0,), (0,)), precision=HIGHEST)
+    return x
+
+
+def rotate_back(x: jax.Array, bases: Factors) -> jax.Array:
+    """The inverse of :func:`rotate` (``Q_L X Q_R^T``)."""
+    for q in bases:
+        x = jnp.moveaxis(x, 0, -1) if q is None else jnp.tensordot(x, q, axes=((0,), (1,)), precision=HIGHEST)
+    return x
+
+
+def eigenbases(factors: Factors, eps: float) -> Factors:
+    """Each factor's eigenvectors, by decreasing eigenvalue (``eigh(F + eps I)``)."""
+    return tuple(
+        None if f is None else jnp.flip(jnp.linalg.eigh(f + eps * jnp.eye(f.shape[0]))[1], axis=1)
+        for f in factors
+    )
+
+
+def power_iteration(factors: Factors, bases: Factors, nu: jax.Array) -> tuple[Factors, jax.Array]:
+    """One QR power-iteration step per factor (Algorithm 4): order the basis by ``diag(Q^T F Q)``
+    (decreasing; ``nu``, which lives in that basis, is permuted alike), then ``Q <- qr(F Q).Q``."""
+    new = []
+    for axis, (f, q) in enumerate(zip(factors, bases, strict=True)):
+        if f is None or q is None:
+            new.append(None)
+            continue
+        estimate = jnp.diag(jnp.matmul(jnp.matmul(q.T, f, precision=HIGHEST), q, precision=HIGHEST))
+        order = jnp.argsort(estimate, descending=True)
+        nu = jnp.take(nu, order, axis=axis)
+        new.append(jnp.linalg.qr(jnp.matmul(f, q[:, order], precision=HIGHEST))[0])
+    return tuple(new), nu
+
+
+# -- the transformation -------------------------------------------------------------------------
+
+
+class ScaleBySoapState(NamedTuple):
+    count: jax.Array
+    mu: optax.Updates
+    nu: optax.Updates
+    factors: list[Factors]
+    """Per leaf (in ``jax.tree.leaves`` order): per block axis, the factor ``[layers, blocks, d, d]``."""
+    bases: list[Factors]
+    """Per leaf: per block axis, the eigenbasis (same shapes as the factors)."""
+
+
+def stacked_leaves(params: Any) -> list[bool]:
+    """Per leaf of ``params``, whether it sits in a haliax ``Stacked``/``ArrayStacked`` module (its
+    leading axis is a batch of layers, each rotated on its own)."""
+    is_stack = lambda x: isinstance(x, (hnn.Stacked, hnn.ArrayStacked))
+    out: list[bool] = []
+    for node in jax.tree.leaves(params, is_leaf=is_stack):
+        out.extend([is_stack(node)] * (len(jax.tree.leaves(node)) if is_stack(node) else 1))
+    return out
+
+
+def _batched(fn, batch: int):
+    for _ in range(batch):
+        fn = jax.vmap(fn)
+    return fn
+
+
+def _one_matrix_at_a_time(fn, lead: int, *args):
+    """``fn`` over the ``lead`` leading axes of every array in ``args``, one slice after another.
+
+    Eigendecompositions and QR run this way rather than batched: jaxlib's CPU kernels split a
+    batch over the XLA thread pool and wait for it there, which deadlocks when as many batched
+    kernels as pool threads run at once (seen on a 2-core host, Levanter's SOAP included)."""
+    shapes = [x.shape[:lead] for x in jax.tree.leaves(args)]
+    if not shapes:  # nothing rotated
+        return fn(*args)
+    flat = jax.tree.map(lambda x: x.reshape((-1, *x.shape[lead:])), args)
+    out = jax.lax.map(lambda a: fn(*a), flat)
+    lead_shape = shapes[0]
+    return jax.tree.map(lambda x: x.reshape((*lead_shape, *x.shape[1:])), out)
+
+
+def scale_by_soap(
+    b1: float = 0.95,
+    b2: float = 0.95,
+    shampoo_beta: float = 0.95,
+    eps: float = 1e-8,
+    precondition_frequency: int = 10,
+    max_precond_dim: int = 10000,
+    merge_dims: bool = True,
+    target_merged_dim_size: int = 2048,
+    block_size: int | None = 256,
+    one_diag: bool = False,
+    mu_dtype: Any = None,
+    precond_dtype: Any = None,
+) -> optax.GradientTransformation:
+    """SOAP's direction (module docstring), for every leaf; ``block_size=None`` blocks nothing.
+
+    ``init`` and ``update`` need the parameters (a haliax ``Stacked`` module's leaves are rotated
+    layer by layer). A tensor whose 1-D rotation would be ``max_precond_dim`` or larger (only
+    without blocks) is a ``ConfigError`` naming it.
+    """
+    mu_dtype = optax._src.utils.canonicalize_dtype(mu_dtype)
+    precond_dtype = optax._src.utils.canonicalize_dtype(precond_dtype)
+
+    def layouts(params: Any) -> tuple[list[SoapLayout], list[int]]:
+        if params is None:
+            raise ValueError("scale_by_soap needs the parameters (update(grads, state, params))")
+        leaves = jax.tree.leaves(params)
+        batch = [int(s) for s in stacked_leaves(params)]
+        out = []
+        for i, (x, nb) in enumerate(zip(leaves, batch, strict=True)):
+            layout = soap_layout(
+                x.shape[nb:],
+                max_precond_dim=max_precond_dim,
+                one_diag=one_diag,
+                merge_dims=merge_dims,
+                target_merged_dim_size=target_merged_dim_size,
+                block_size=block_size,
+            )
+            if len(layout.block_shape) == 1 and layout.block_shape[0] >= max_precond_dim:
+                name = jax.tree_util.keystr(jax.tree_util.tree_leaves_with_path(params)[i][0])
+                raise ConfigError(
+                    f"soap: parameter {name} of shape {tuple(x.shape)} would get a "
+                    f"{layout.block_shape[0]}x{layout.block_shape[0]} rotation, over "
+                    f"max_precond_dim={max_precond_dim}; set partition_grads_into_blocks: true"
+                )
+            out.append(layout)
+        return out, batch
+
+    def empty(layout: SoapLayout, nb: int, lead: tuple[int, ...]) -> Factors:
+        return tuple(
+            jnp.zeros((*lead, layout.num_blocks, s, s), precond_dtype) if r else None
+            for s, r in zip(layout.block_shape, layout.rotated, strict=True)
+        )
+
+    def init_fn(params):
+        ls, batch = layouts(params)
+        leads = [tuple(x.shape[:nb]) for x, nb in zip(jax.tree.leaves(params), batch, strict=True)]
+        factors = [empty(lay, nb, lead) for lay, nb, lead in zip(ls, batch, leads, strict=True)]
+        return ScaleBySoapState(
+            count=jnp.zeros([], jnp.int32),
+            mu=otu.tree_zeros_like(params, dtype=mu_dtype),
+            nu=otu.tree_zeros_like(params, dtype=mu_dtype),
+            factors=factors,
+            bases=[tuple(None if f is None else jnp.zeros_like(f) for f in fs) for fs in factors],
+        )
+
+    def update_fn(updates, state, params=None):
+        ls, batch = layouts(params)
+        count = optax.safe_int32_increment(state.count)
+        grads, treedef = jax.tree.flatten(updates)
+
+        def blocked(x, lay, nb):
+            return _batched(lambda y: to_blocks(y, lay), nb)(x)
+
+        def unblocked(x, lay, nb):
+            return _batched(lambda y: from_blocks(y, lay), nb)(x)
+
+        def first_step():
+            factors, bases = [], []
+            for lay, nb, g, fs in zip(ls, batch, grads, state.factors, strict=True):
+                fs = _batched(jax.vmap(lambda b, f: accumulate_factors(b, f, shampoo_beta)), nb)(
+                    blocked(g, lay, nb), fs
+                )
+                factors.append(fs)
+                bases.append(_one_matrix_at_a_time(lambda f: eigenbases(f, eps), nb + 1, fs))
+            return otu.tree_zeros_like(updates), state._replace(
+                count=count,
+                factors=otu.tree_cast_like(factors, state.factors),
+                bases=otu.tree_cast_like(bases, state.bases),
+            )
+
+        def later_step():
+            mu = otu.tree_update_moment(updates, state.mu, b1, 1)
+            refresh = count % precondition_frequency == 0
+            bc = jnp.sqrt(1 - b2**count) / (1 - b1**count)
+
+            def block_step(g, m, v, qs):
+                v = (1 - b2) * rotate(g, qs) ** 2 + b2 * v
+                return rotate_back(rotate(m, qs) / (jnp.sqrt(v) + eps), qs), v
+
+            outs, new_nu, new_f, new_q = [], [], [], []
+            for lay, nb, g, m, v, fs, qs in zip(
+                ls,
+                batch,
+                grads,
+                jax.tree.leaves(mu),
+                jax.tree.leaves(state.nu),
+                state.factors,
+                state.bases,
+                strict=True,
+            ):
+                g, m, v = (blocked(x, lay, nb) for x in (g, m, v))
+                u, v = _batched(jax.vmap(block_step), nb)(g, m, v, qs)
+                new_fs = _batched(jax.vmap(lambda b, f: accumulate_factors(b, f, shampoo_beta)), nb)(g, fs)
+                if any(f is not None for f in fs):  # the refresh uses the factors from before g
+                    qs, v = jax.lax.cond(
+                        refresh,
+                        lambda fs=fs, qs=qs, v=v, nb=nb: _one_matrix_at_a_time(
+                            power_iteration, nb + 1, fs, qs, v
+                        ),
+                        lambda qs=qs, v=v: (qs, v),
+                    )
+                outs.append((unblocked(u, lay, nb) * bc).astype(g.dtype))
+                new_nu.append(unblocked(v, lay, nb))
+                new_f.append(new_fs)
+                new_q.append(qs)
+            return jax.tree.unflatten(treedef, outs), ScaleBySoapState(
+                count=count,
+                mu=otu.tree_cast_like(mu, state.mu),
+                nu=otu.tree_cast_like(jax.tree.unflatten(treedef, new_nu), state.nu),
+                factors=otu.tree_cast_like(new_f, state.factors),
+                bases=otu.tree_cast_like(new_q, state.bases),
+            )
+
+        return jax.lax.cond(count == 1, first_step, later_step)
+
+    return optax.GradientTransformation(init_fn, update_fn)
