@@ -171,6 +171,8 @@ def test_levanter_defaults_and_registry():
     assert (cfg.precondition_frequency, cfg.max_precond_dim, cfg.block_size) == (10, 10000, 256)
     assert cfg.merge_small_dims and cfg.partition_grads_into_blocks and not cfg.one_diag
     assert (cfg.target_merged_dim_size, cfg.weight_decay, cfg.schedule_list) == (2048, 0.0, None)
+    with pytest.raises(ConfigError, match=r"schedule_list=\['cosine'\]: Levanter's soap declares"):
+        SoapConfig(schedule_list=["cosine"])
     tx = cfg.build(100)
     params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
     state = tx.init(params)

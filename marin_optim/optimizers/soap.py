@@ -47,7 +47,7 @@ class SoapConfig(OptimizerConfig):
     epsilon: float = 1e-8
     """Added to sqrt(v) in the denominator, and to the factors' diagonal before the first eigh."""
     schedule_list: list[str] | None = None
-    """Levanter declares this field and never reads it; accepted (any value) and unused."""
+    """Levanter declares this field on soap but never reads it: accepted as null only."""
     precondition_frequency: int = 10
     """Refresh the eigenbases (one QR power-iteration step) every this many steps."""
     max_precond_dim: int = 10000
@@ -70,6 +70,12 @@ class SoapConfig(OptimizerConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.schedule_list is not None:
+            raise ConfigError(
+                f"{where_of(self, 'schedule_list')}={self.schedule_list!r}: Levanter's soap declares this "
+                "field but never reads it (it changes nothing there); remove it and set the schedule "
+                "with lr_schedule"
+            )
         if not -1.0 <= self.shampoo_beta < 1.0:
             raise ConfigError(
                 f"{where_of(self, 'shampoo_beta')}={self.shampoo_beta!r}: must be in [0, 1), "
