@@ -8,9 +8,6 @@ compared in ``tests/levanter/test_dropin_new.py``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -18,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from multidevice import run_on_devices
 
 from marin_optim import OptimizerConfig
 from marin_optim.errors import ConfigError
@@ -306,21 +304,7 @@ def test_eight_devices_give_the_one_device_update() -> None:
         "adamH": {"type": "adamH", "learning_rate": 1e-2, "adam_lr": 1e-2, "warmup": 0},
         "muonH": {"type": "muonH", "learning_rate": 1e-2, "adam_lr": 1e-2, "warmup": 0},
     }
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-        "OPENBLAS_NUM_THREADS": "1",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", SHARDING_SCRIPT, json.dumps(configs)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    result = run_on_devices(SHARDING_SCRIPT, json.dumps(configs))
     for name, rows in result.items():
         assert sum(r["sharded"] for r in rows) >= 8, (name, rows)
         for r in rows:

@@ -4,9 +4,6 @@ algorithms; config validation; every branch's learning rate in ``hyperparams``; 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -15,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 import torch
+from multidevice import run_on_devices
 
 from marin_optim.errors import ConfigError
 from marin_optim.optimizers.muon import MuonConfig, NorMuonConfig
@@ -425,21 +423,7 @@ def test_sharded_update_keeps_sharding_and_matches_one_device() -> None:
         "namoD": {"type": "namoD", "warmup": 0},
         "grug_muon": {"type": "grug_muon", "weight_decay": 0.1, "warmup": 0},
     }
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-        "OPENBLAS_NUM_THREADS": "1",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", SHARDING_SCRIPT, json.dumps(configs)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    result = run_on_devices(SHARDING_SCRIPT, json.dumps(configs))
     for name, leaves in result.items():
         for leaf, r in leaves.items():
             assert r["norm"] > 0, (name, leaf, r)

@@ -25,6 +25,7 @@ from marin_optim.transforms.decoupled import adamc_weight_decay, add_relative_de
 from marin_optim.transforms.dion import scale_by_dion
 from marin_optim.transforms.guards import NonFiniteError, find_guard_state, skip_step_guard
 from marin_optim.transforms.hyperball import hyperball
+from marin_optim.transforms.kron import scale_by_kron
 from marin_optim.transforms.mars import scale_by_mars
 from marin_optim.transforms.muon import scale_by_muon, scale_by_normuon
 from marin_optim.transforms.nadam import scale_by_nadam
@@ -38,6 +39,7 @@ from marin_optim.transforms.rmsprop import scale_by_rmsprop_momentum
 from marin_optim.transforms.rprop import scale_by_rprop
 from marin_optim.transforms.sam import sam_gradient
 from marin_optim.transforms.single_pass import OnePassRule
+from marin_optim.transforms.soap import scale_by_soap
 from marin_optim.transforms.sophia import hutchinson_diagonal, hutchinson_probes, scale_by_sophia
 
 __all__ = [
@@ -76,6 +78,7 @@ __all__ = [
     "scale_by_adopt",
     "scale_by_amsgrad",
     "scale_by_dion",
+    "scale_by_kron",
     "scale_by_mars",
     "scale_by_muon",
     "scale_by_nadam",
@@ -83,6 +86,7 @@ __all__ = [
     "scale_by_radam",
     "scale_by_rmsprop_momentum",
     "scale_by_rprop",
+    "scale_by_soap",
     "scale_by_sophia",
     "skip_step_guard",
     "tree_select",

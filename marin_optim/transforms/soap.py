@@ -20,80 +20,40 @@ Levanter's conventions, which these transforms keep (``marin_optim.optimizers.so
 the step counter counts the first (filling) step, whose update is zero, so bias correction uses
 ``t = count``; a refresh at step ``t`` uses the factors as they were before step ``t``'s
 gradient; 1-D tensors get a full ``d x d`` rotation; an axis of ``max_precond_dim`` or more gets
-none. Before all that a tensor's axes may be merged (:func:`merge_small_dims`) and cut into
-blocks zero-padded to ``block_size`` (:func:`soap_layout`), each block with its own factors.
+none. Before all that a tensor's axes may be merged and cut into blocks zero-padded to
+``block_size`` (:mod:`marin_optim.transforms.blocks`; :func:`soap_layout`), each block with its
+own factors.
 The transforms are pure functions of one block (:func:`accumulate_factors`, :func:`rotate`,
 :func:`rotate_back`, :func:`eigenbases`, :func:`power_iteration`), batched with ``vmap``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import haliax.nn as hnn
 import jax
 import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
 from marin_optim.errors import ConfigError
+from marin_optim.transforms.blocks import (
+    BlockLayout,
+    batched,
+    block_layout,
+    from_blocks,
+    one_matrix_at_a_time,
+    padding_problem,
+    stacked_leaves,
+    to_blocks,
+)
 
 HIGHEST = jax.lax.Precision.HIGHEST
 Factors = tuple[jax.Array | None, ...]
 
 
-# -- layout: merged axes, blocks, which axes are rotated ------------------------------------------
-
-
-def _merge_cost(size: int, target: int) -> float:
-    """How far a merged axis of ``size`` is from ``target`` (log2 units; far too small or far too
-    large is penalised steeply). The heuristic of Levanter's SOAP, so the same axes merge."""
-    if size < target:
-        cost = math.log2(target / size)
-        if size < target / 8:
-            cost += 100 * math.log2(target / 8 / size)
-        return cost
-    cost = 10 * math.log2(size / target)
-    if size > 8 * target:
-        cost += 1000 * math.log2(size / (8 * target))
-    return cost
-
-
-def _contiguous_groupings(n: int, start: int = 0) -> Iterator[list[range]]:
-    """Every split of axes ``start..n-1`` into consecutive runs, shortest first run first."""
-    if start == n:
-        yield []
-        return
-    for end in range(start + 1, n + 1):
-        for rest in _contiguous_groupings(n, end):
-            yield [range(start, end), *rest]
-
-
-def merge_small_dims(
-    shape: Sequence[int], target: int, unrotated: Sequence[bool]
-) -> tuple[tuple[int, ...], tuple[bool, ...]]:
-    """Merges consecutive axes of ``shape`` so that each merged size is close to ``target``.
-
-    Returns the merged shape and, per merged axis, whether it stays unrotated (all of its axes
-    were). Of the groupings of consecutive axes the first with the least total
-    :func:`_merge_cost` wins. A scalar stays a scalar; an all-ones shape becomes ``(1,)``.
-    """
-    if not shape:
-        return (), ()
-    if all(s == 1 for s in shape):
-        return (1,), (True,)
-    best, best_cost = None, math.inf
-    for grouping in _contiguous_groupings(len(shape)):
-        cost = 0.0
-        for group in grouping:
-            cost += _merge_cost(math.prod(shape[i] for i in group), target)
-        if cost < best_cost:
-            best, best_cost = grouping, cost
-    assert best is not None
-    merged = tuple(math.prod(shape[i] for i in g) for g in best)
-    return merged, tuple(all(unrotated[i] for i in g) for g in best)
+# -- layout: which axes are rotated --------------------------------------------------------------
 
 
 def unrotated_axes(shape: Sequence[int], max_precond_dim: int, one_diag: bool) -> tuple[bool, ...]:
@@ -108,25 +68,6 @@ def unrotated_axes(shape: Sequence[int], max_precond_dim: int, one_diag: bool) -
     return tuple(i != first for i in range(len(shape)))
 
 
-class SoapLayout(NamedTuple):
-    """How one tensor (one layer of a scan-stacked one) is reshaped, blocked and rotated."""
-
-    shape: tuple[int, ...]
-    """The tensor's own shape (without a stacked layer axis)."""
-    merged: tuple[int, ...]
-    """The shape after merging small axes (``shape`` when merging is off)."""
-    blocks: tuple[int, ...]
-    """Number of blocks along each merged axis (all 1 without blocking)."""
-    block_shape: tuple[int, ...]
-    """Shape of one (zero-padded) block."""
-    rotated: tuple[bool, ...]
-    """Per block axis, whether it has a factor and a basis."""
-
-    @property
-    def num_blocks(self) -> int:
-        return math.prod(self.blocks)
-
-
 def soap_layout(
     shape: Sequence[int],
     *,
@@ -135,7 +76,7 @@ def soap_layout(
     merge_dims: bool,
     target_merged_dim_size: int,
     block_size: int | None,
-) -> SoapLayout:
+) -> BlockLayout:
     """The layout of a tensor of ``shape``: merge small axes, cut each rotated axis longer than
     ``block_size`` into blocks, zero-pad every block axis to a multiple of ``block_size``.
 
@@ -144,52 +85,20 @@ def soap_layout(
     blocks and no padding.
     """
     shape = tuple(int(s) for s in shape)
-    unrotated = unrotated_axes(shape, max_precond_dim, one_diag)
-    merged = shape
-    if merge_dims:
-        merged, unrotated = merge_small_dims(shape, target_merged_dim_size, unrotated)
-    if block_size is None:
-        blocks, block_shape = (1,) * len(merged), merged
-    else:
-        blocks = tuple(
-            -(-d // block_size) if (block_size < d and not u) else 1
-            for d, u in zip(merged, unrotated, strict=True)
-        )
-        # a cut axis has blocks of block_size; an uncut one is padded up to a multiple of it
-        block_shape = tuple(
-            block_size if n > 1 else -(-d // block_size) * block_size
-            for d, n in zip(merged, blocks, strict=True)
-        )
-    if len(block_shape) == 1:
-        rotated: tuple[bool, ...] = (True,)
-    else:
-        rotated, first = [], True
-        for s in block_shape:
-            rotated.append(s < max_precond_dim and (first or not one_diag))
-            first = first and not rotated[-1]
-        rotated = tuple(rotated)
-    return SoapLayout(shape, merged, blocks, block_shape, rotated)
-
-
-def to_blocks(x: jax.Array, layout: SoapLayout) -> jax.Array:
-    """``x`` (of ``layout.shape``) as ``(num_blocks, *block_shape)``, zero-padded."""
-    x = x.reshape(layout.merged)
-    padded = [n * b for n, b in zip(layout.blocks, layout.block_shape, strict=True)]
-    x = jnp.pad(x, [(0, p - d) for p, d in zip(padded, layout.merged, strict=True)])
-    x = x.reshape([v for n, b in zip(layout.blocks, layout.block_shape, strict=True) for v in (n, b)])
-    k = len(layout.merged)
-    x = x.transpose([2 * i for i in range(k)] + [2 * i + 1 for i in range(k)])
-    return x.reshape((layout.num_blocks, *layout.block_shape))
-
-
-def from_blocks(x: jax.Array, layout: SoapLayout) -> jax.Array:
-    """The inverse of :func:`to_blocks`: the padding is dropped."""
-    k = len(layout.merged)
-    x = x.reshape((*layout.blocks, *layout.block_shape))
-    x = x.transpose([v for i in range(k) for v in (i, k + i)])
-    x = x.reshape([n * b for n, b in zip(layout.blocks, layout.block_shape, strict=True)])
-    x = x[tuple(slice(0, d) for d in layout.merged)]
-    return x.reshape(layout.shape)
+    layout = block_layout(
+        shape,
+        unrotated_axes(shape, max_precond_dim, one_diag),
+        merge_dims=merge_dims,
+        target_merged_dim_size=target_merged_dim_size,
+        block_size=block_size,
+    )
+    if len(layout.block_shape) == 1:
+        return layout._replace(rotated=(True,))
+    rotated, first = [], True
+    for s in layout.block_shape:
+        rotated.append(s < max_precond_dim and (first or not one_diag))
+        first = first and not rotated[-1]
+    return layout._replace(rotated=tuple(rotated))
 
 
 # -- one block ----------------------------------------------------------------------------------
@@ -258,37 +167,6 @@ class ScaleBySoapState(NamedTuple):
     """Per leaf: per block axis, the eigenbasis (same shapes as the factors)."""
 
 
-def stacked_leaves(params: Any) -> list[bool]:
-    """Per leaf of ``params``, whether it sits in a haliax ``Stacked``/``ArrayStacked`` module (its
-    leading axis is a batch of layers, each rotated on its own)."""
-    is_stack = lambda x: isinstance(x, (hnn.Stacked, hnn.ArrayStacked))
-    out: list[bool] = []
-    for node in jax.tree.leaves(params, is_leaf=is_stack):
-        out.extend([is_stack(node)] * (len(jax.tree.leaves(node)) if is_stack(node) else 1))
-    return out
-
-
-def _batched(fn, batch: int):
-    for _ in range(batch):
-        fn = jax.vmap(fn)
-    return fn
-
-
-def _one_matrix_at_a_time(fn, lead: int, *args):
-    """``fn`` over the ``lead`` leading axes of every array in ``args``, one slice after another.
-
-    Eigendecompositions and QR run this way rather than batched: jaxlib's CPU kernels split a
-    batch over the XLA thread pool and wait for it there, which deadlocks when as many batched
-    kernels as pool threads run at once (seen on a 2-core host, Levanter's SOAP included)."""
-    shapes = [x.shape[:lead] for x in jax.tree.leaves(args)]
-    if not shapes:  # nothing rotated
-        return fn(*args)
-    flat = jax.tree.map(lambda x: x.reshape((-1, *x.shape[lead:])), args)
-    out = jax.lax.map(lambda a: fn(*a), flat)
-    lead_shape = shapes[0]
-    return jax.tree.map(lambda x: x.reshape((*lead_shape, *x.shape[1:])), out)
-
-
 def scale_by_soap(
     b1: float = 0.95,
     b2: float = 0.95,
@@ -312,7 +190,7 @@ def scale_by_soap(
     mu_dtype = optax._src.utils.canonicalize_dtype(mu_dtype)
     precond_dtype = optax._src.utils.canonicalize_dtype(precond_dtype)
 
-    def layouts(params: Any) -> tuple[list[SoapLayout], list[int]]:
+    def layouts(params: Any) -> tuple[list[BlockLayout], list[int]]:
         if params is None:
             raise ValueError("scale_by_soap needs the parameters (update(grads, state, params))")
         leaves = jax.tree.leaves(params)
@@ -327,17 +205,20 @@ def scale_by_soap(
                 target_merged_dim_size=target_merged_dim_size,
                 block_size=block_size,
             )
+            name = lambda i=i: jax.tree_util.keystr(jax.tree_util.tree_leaves_with_path(params)[i][0])
+            problem = padding_problem(layout, block_size)
+            if problem:
+                raise ConfigError(f"soap: parameter {name()} of shape {tuple(x.shape)} {problem}")
             if len(layout.block_shape) == 1 and layout.block_shape[0] >= max_precond_dim:
-                name = jax.tree_util.keystr(jax.tree_util.tree_leaves_with_path(params)[i][0])
                 raise ConfigError(
-                    f"soap: parameter {name} of shape {tuple(x.shape)} would get a "
+                    f"soap: parameter {name()} of shape {tuple(x.shape)} would get a "
                     f"{layout.block_shape[0]}x{layout.block_shape[0]} rotation, over "
                     f"max_precond_dim={max_precond_dim}; set partition_grads_into_blocks: true"
                 )
             out.append(layout)
         return out, batch
 
-    def empty(layout: SoapLayout, nb: int, lead: tuple[int, ...]) -> Factors:
+    def empty(layout: BlockLayout, nb: int, lead: tuple[int, ...]) -> Factors:
         return tuple(
             jnp.zeros((*lead, layout.num_blocks, s, s), precond_dtype) if r else None
             for s, r in zip(layout.block_shape, layout.rotated, strict=True)
@@ -361,19 +242,19 @@ def scale_by_soap(
         grads, treedef = jax.tree.flatten(updates)
 
         def blocked(x, lay, nb):
-            return _batched(lambda y: to_blocks(y, lay), nb)(x)
+            return batched(lambda y: to_blocks(y, lay), nb)(x)
 
         def unblocked(x, lay, nb):
-            return _batched(lambda y: from_blocks(y, lay), nb)(x)
+            return batched(lambda y: from_blocks(y, lay), nb)(x)
 
         def first_step():
             factors, bases = [], []
             for lay, nb, g, fs in zip(ls, batch, grads, state.factors, strict=True):
-                fs = _batched(jax.vmap(lambda b, f: accumulate_factors(b, f, shampoo_beta)), nb)(
+                fs = batched(jax.vmap(lambda b, f: accumulate_factors(b, f, shampoo_beta)), nb)(
                     blocked(g, lay, nb), fs
                 )
                 factors.append(fs)
-                bases.append(_one_matrix_at_a_time(lambda f: eigenbases(f, eps), nb + 1, fs))
+                bases.append(one_matrix_at_a_time(lambda f: eigenbases(f, eps), nb + 1, fs))
             return otu.tree_zeros_like(updates), state._replace(
                 count=count,
                 factors=otu.tree_cast_like(factors, state.factors),
@@ -401,12 +282,12 @@ def scale_by_soap(
                 strict=True,
             ):
                 g, m, v = (blocked(x, lay, nb) for x in (g, m, v))
-                u, v = _batched(jax.vmap(block_step), nb)(g, m, v, qs)
-                new_fs = _batched(jax.vmap(lambda b, f: accumulate_factors(b, f, shampoo_beta)), nb)(g, fs)
+                u, v = batched(jax.vmap(block_step), nb)(g, m, v, qs)
+                new_fs = batched(jax.vmap(lambda b, f: accumulate_factors(b, f, shampoo_beta)), nb)(g, fs)
                 if any(f is not None for f in fs):  # the refresh uses the factors from before g
                     qs, v = jax.lax.cond(
                         refresh,
-                        lambda fs=fs, qs=qs, v=v, nb=nb: _one_matrix_at_a_time(
+                        lambda fs=fs, qs=qs, v=v, nb=nb: one_matrix_at_a_time(
                             power_iteration, nb + 1, fs, qs, v
                         ),
                         lambda qs=qs, v=v: (qs, v),

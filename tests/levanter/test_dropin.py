@@ -16,14 +16,14 @@ from dropin import ELEMENTWISE, TOLERANCE, compare, levanter_block, levanter_cla
 from marin_optim import OptimizerConfig
 from marin_optim.levanter import field_differences
 
-NOT_YET = {
-    "kron": "PSGD Kron: not implemented yet",
-}
+NOT_YET: dict[str, str] = {}
 """Levanter names marin_optim does not have yet; the README's table says the same."""
 
 COMPARED_ELSEWHERE = {
     "grug_muon": "Grug's raw (fan_in, fan_out) arrays: on a haliax Llama Levanter's sends every Linear "
     "to AdamW and fails under jit without a mesh; compared in test_dropin_namo.py",
+    "kron": "Levanter's Kron deadlocks jitted on a CPU (batched triangular solves under vmap); compared "
+    "with its side run eagerly in test_dropin_kron.py",
     "soap": "Levanter's SOAP deadlocks jitted on a CPU (batched QR/eigh under vmap); compared with "
     "its side run eagerly in test_dropin_soap.py",
 }

@@ -22,9 +22,9 @@ from dropin import (
     llama_params,
     load_levanter,
     load_ours,
+    parameter_change,
     relative_difference,
 )
-from test_dropin_new import _change
 
 
 def test_every_parameter_takes_levanters_branch():
@@ -39,9 +39,9 @@ def test_every_parameter_takes_levanters_branch():
 
 def test_default_block_differs_from_levanter_by_levanters_rounding():
     block = levanter_block("muonH")
-    ours = _change(load_ours("muonH", block), jnp.float32)
-    theirs = _change(load_levanter("muonH", block), jnp.float32)
-    exact = _change(load_levanter("muonH", block), jnp.float64)
+    ours = parameter_change(load_ours("muonH", block), dtype=jnp.float32)
+    theirs = parameter_change(load_levanter("muonH", block), dtype=jnp.float32)
+    exact = parameter_change(load_levanter("muonH", block), dtype=jnp.float64)
     difference = relative_difference(ours, theirs)
     ours_error, their_error = relative_difference(ours, exact), relative_difference(theirs, exact)
     print(

@@ -8,21 +8,15 @@ from __future__ import annotations
 
 import inspect
 
-import equinox as eqx
-import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from dropin import (
-    STEPS,
-    TRAIN_STEPS,
     compare,
-    gradients,
     levanter_block,
     levanter_class,
-    llama_params,
     load_levanter,
     load_ours,
+    parameter_change,
     relative_difference,
 )
 
@@ -75,33 +69,11 @@ def test_our_update_is_levanters(name, fields):
     assert difference <= ELEMENTWISE
 
 
-def _change(config, dtype) -> list[np.ndarray]:
-    """``W_10 - W_0`` with parameters and gradients in ``dtype`` (gradients drawn in float32 as
-    dropin draws them, then cast)."""
-    tx = config.build(TRAIN_STEPS)
-    grads = [gradients(i) for i in range(STEPS)]
-    with jax.enable_x64(dtype == jnp.float64):
-        params = jax.tree.map(lambda x: jnp.asarray(x, dtype), llama_params())
-
-        @eqx.filter_jit
-        def step(p, state, g):
-            updates, state = tx.update(g, state, p)
-            return eqx.apply_updates(p, updates), state
-
-        p, state = params, tx.init(params)
-        for g in grads:
-            p, state = step(p, state, jax.tree.map(lambda x: jnp.asarray(x, dtype), g))
-        return [
-            np.asarray(a, np.float64) - np.asarray(b, np.float64)
-            for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(params), strict=True)
-        ]
-
-
 def test_adamh_default_block_differs_from_levanter_by_levanters_rounding():
     block = levanter_block("adamH")
-    ours = _change(load_ours("adamH", block), jnp.float32)
-    theirs = _change(load_levanter("adamH", block), jnp.float32)
-    exact = _change(load_levanter("adamH", block), jnp.float64)
+    ours = parameter_change(load_ours("adamH", block), dtype=jnp.float32)
+    theirs = parameter_change(load_levanter("adamH", block), dtype=jnp.float32)
+    exact = parameter_change(load_levanter("adamH", block), dtype=jnp.float64)
     difference = relative_difference(ours, theirs)
     ours_error, their_error = relative_difference(ours, exact), relative_difference(theirs, exact)
     print(

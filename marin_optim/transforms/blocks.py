@@ -1,0 +1,202 @@
+"""Tensors as batches of small blocks: the layout the Kronecker-factored preconditioners share.
+
+SOAP (:mod:`marin_optim.transforms.soap`) and PSGD Kron (:mod:`marin_optim.transforms.kron`)
+keep one preconditioner matrix per axis of a tensor, which is affordable only for short axes.
+Both first reshape each tensor (each layer of a scan-stacked one) the way Levanter's
+implementations do, so that the same blocks get the same preconditioners:
+
+1. merge consecutive small axes (:func:`merge_small_dims`), a heuristic that aims every merged
+   axis at ``target_merged_dim_size``;
+2. cut every axis that gets a full preconditioner and is longer than ``block_size`` into blocks
+   of ``block_size``, and zero-pad every axis of a block to a multiple of ``block_size``
+   (:func:`block_layout`, :func:`to_blocks`, :func:`from_blocks`).
+
+An axis that stays *diagonal* (no full matrix) is never cut. The blocks of one tensor form a
+leading batch axis, in row-major order of their positions (the first axis slowest).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import haliax.nn as hnn
+import jax
+import jax.numpy as jnp
+
+
+def _merge_cost(size: int, target: int) -> float:
+    """How far a merged axis of ``size`` is from ``target`` (log2 units; far too small or far too
+    large is penalised steeply). The heuristic of Levanter's SOAP and Kron, so the same axes merge."""
+    if size < target:
+        cost = math.log2(target / size)
+        if size < target / 8:
+            cost += 100 * math.log2(target / 8 / size)
+        return cost
+    cost = 10 * math.log2(size / target)
+    if size > 8 * target:
+        cost += 1000 * math.log2(size / (8 * target))
+    return cost
+
+
+def _contiguous_groupings(n: int, start: int = 0) -> Iterator[list[range]]:
+    """Every split of axes ``start..n-1`` into consecutive runs, shortest first run first."""
+    if start == n:
+        yield []
+        return
+    for end in range(start + 1, n + 1):
+        for rest in _contiguous_groupings(n, end):
+            yield [range(start, end), *rest]
+
+
+def merge_small_dims(
+    shape: Sequence[int], target: int, diagonal: Sequence[bool]
+) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """Merges consecutive axes of ``shape`` so that each merged size is close to ``target``.
+
+    Returns the merged shape and, per merged axis, whether it stays diagonal (all of its axes
+    were). Of the groupings of consecutive axes the first with the least total
+    :func:`_merge_cost` wins. A scalar stays a scalar; an all-ones shape becomes ``(1,)``.
+    """
+    if not shape:
+        return (), ()
+    if all(s == 1 for s in shape):
+        return (1,), (True,)
+    best, best_cost = None, math.inf
+    for grouping in _contiguous_groupings(len(shape)):
+        cost = 0.0
+        for group in grouping:
+            cost += _merge_cost(math.prod(shape[i] for i in group), target)
+        if cost < best_cost:
+            best, best_cost = grouping, cost
+    assert best is not None
+    merged = tuple(math.prod(shape[i] for i in g) for g in best)
+    return merged, tuple(all(diagonal[i] for i in g) for g in best)
+
+
+class BlockLayout(NamedTuple):
+    """How one tensor (one layer of a scan-stacked one) is reshaped, blocked and preconditioned."""
+
+    shape: tuple[int, ...]
+    """The tensor's own shape (without a stacked layer axis)."""
+    merged: tuple[int, ...]
+    """The shape after merging small axes (``shape`` when merging is off)."""
+    blocks: tuple[int, ...]
+    """Number of blocks along each merged axis (all 1 without blocking)."""
+    block_shape: tuple[int, ...]
+    """Shape of one (zero-padded) block."""
+    rotated: tuple[bool, ...]
+    """Per block axis, whether it gets a full matrix (SOAP's factor and basis, Kron's triangular
+    ``Q``) rather than a diagonal (or nothing)."""
+
+    @property
+    def num_blocks(self) -> int:
+        return math.prod(self.blocks)
+
+
+def block_layout(
+    shape: Sequence[int],
+    diagonal: Sequence[bool],
+    *,
+    merge_dims: bool,
+    target_merged_dim_size: int,
+    block_size: int | None,
+) -> BlockLayout:
+    """The layout of a tensor of ``shape`` whose axes ``diagonal`` get no full matrix: merge small
+    axes, cut each full-matrix axis longer than ``block_size`` into blocks, zero-pad every block
+    axis to a multiple of ``block_size``. ``block_size=None``: no blocks and no padding.
+    ``rotated`` is ``not diagonal`` per merged axis (a caller may refine it for the blocks)."""
+    shape = tuple(int(s) for s in shape)
+    merged, diag = shape, tuple(bool(d) for d in diagonal)
+    if merge_dims:
+        merged, diag = merge_small_dims(shape, target_merged_dim_size, diag)
+    if block_size is None:
+        blocks, block_shape = (1,) * len(merged), merged
+    else:
+        blocks = tuple(
+            -(-d // block_size) if (block_size < d and not u) else 1
+            for d, u in zip(merged, diag, strict=True)
+        )
+        # a cut axis has blocks of block_size; an uncut one is padded up to a multiple of it
+        block_shape = tuple(
+            block_size if n > 1 else -(-d // block_size) * block_size
+            for d, n in zip(merged, blocks, strict=True)
+        )
+    return BlockLayout(shape, merged, blocks, block_shape, tuple(not d for d in diag))
+
+
+MAX_PADDING = 16
+"""A layout whose zero-padded blocks hold more than this many times the tensor's values, and more
+than :data:`MAX_PADDED_VALUES`, is refused: short axes left unmerged, each padded up to
+``block_size``, multiply (a preconditioner state and its temporaries of that size would not fit)."""
+MAX_PADDED_VALUES = 2**24
+
+
+def padding_problem(layout: BlockLayout, block_size: int | None) -> str | None:
+    """Why ``layout`` wastes too much (:data:`MAX_PADDING`), as the end of an error message, or
+    None. E.g. an unmerged ``(2, 2, 32, 128)`` tensor in blocks of 256 is one ``256^4`` block."""
+    if block_size is None:
+        return None
+    padded = layout.num_blocks * math.prod(layout.block_shape)
+    values = max(math.prod(layout.shape), 1)
+    if padded <= MAX_PADDING * values or padded <= MAX_PADDED_VALUES:
+        return None
+    return (
+        f"is cut into {layout.num_blocks} block(s) of {layout.block_shape} (axes {layout.merged} each "
+        f"zero-padded to a multiple of block_size={block_size}): {padded / values:.0f}x its "
+        f"{values} values; set merge_small_dims: true or a smaller block_size"
+    )
+
+
+def to_blocks(x: jax.Array, layout: BlockLayout) -> jax.Array:
+    """``x`` (of ``layout.shape``) as ``(num_blocks, *block_shape)``, zero-padded."""
+    x = x.reshape(layout.merged)
+    padded = [n * b for n, b in zip(layout.blocks, layout.block_shape, strict=True)]
+    x = jnp.pad(x, [(0, p - d) for p, d in zip(padded, layout.merged, strict=True)])
+    x = x.reshape([v for n, b in zip(layout.blocks, layout.block_shape, strict=True) for v in (n, b)])
+    k = len(layout.merged)
+    x = x.transpose([2 * i for i in range(k)] + [2 * i + 1 for i in range(k)])
+    return x.reshape((layout.num_blocks, *layout.block_shape))
+
+
+def from_blocks(x: jax.Array, layout: BlockLayout) -> jax.Array:
+    """The inverse of :func:`to_blocks`: the padding is dropped."""
+    k = len(layout.merged)
+    x = x.reshape((*layout.blocks, *layout.block_shape))
+    x = x.transpose([v for i in range(k) for v in (i, k + i)])
+    x = x.reshape([n * b for n, b in zip(layout.blocks, layout.block_shape, strict=True)])
+    x = x[tuple(slice(0, d) for d in layout.merged)]
+    return x.reshape(layout.shape)
+
+
+def stacked_leaves(params: Any) -> list[bool]:
+    """Per leaf of ``params``, whether it sits in a haliax ``Stacked``/``ArrayStacked`` module (its
+    leading axis is a batch of layers, each preconditioned on its own)."""
+    is_stack = lambda x: isinstance(x, (hnn.Stacked, hnn.ArrayStacked))
+    out: list[bool] = []
+    for node in jax.tree.leaves(params, is_leaf=is_stack):
+        out.extend([is_stack(node)] * (len(jax.tree.leaves(node)) if is_stack(node) else 1))
+    return out
+
+
+def batched(fn: Callable, batch: int) -> Callable:
+    """``fn`` vmapped over ``batch`` leading axes of every argument."""
+    for _ in range(batch):
+        fn = jax.vmap(fn)
+    return fn
+
+
+def one_matrix_at_a_time(fn: Callable, lead: int, *args: Any) -> Any:
+    """``fn`` over the ``lead`` leading axes of every array in ``args``, one slice after another.
+
+    Eigendecompositions and QR run this way rather than batched: jaxlib's CPU kernels split a
+    batch over the XLA thread pool and wait for it there, which deadlocks when as many batched
+    kernels as pool threads run at once (seen on a 2-core host, Levanter's SOAP included)."""
+    shapes = [x.shape[:lead] for x in jax.tree.leaves(args)]
+    if not shapes:  # nothing rotated
+        return fn(*args)
+    flat = jax.tree.map(lambda x: x.reshape((-1, *x.shape[lead:])), args)
+    out = jax.lax.map(lambda a: fn(*a), flat)
+    lead_shape = shapes[0]
+    return jax.tree.map(lambda x: x.reshape((*lead_shape, *x.shape[1:])), out)
