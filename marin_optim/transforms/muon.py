@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from marin_optim.labels import MatrixAxes, ParamLabeler, map_matrices, raw_array, restore_layout
+from marin_optim.labels import MatrixAxes, ParamLabeler, raw_array, restore_layout
 from marin_optim.transforms.newton_schulz import (
     NewtonSchulzCoefficients,
+    map_orthogonalized,
     map_with_axes,
     newton_schulz,
     require_matrix,
@@ -142,18 +143,15 @@ def scale_by_muon(
         del params
         views = axes_fn(updates)
         direction, buffers = step(updates, state.momentum)
+        ns = lambda m: newton_schulz(m, coefficients=ns_coefficients, steps=ns_steps, eps=eps, dtype=ns_dtype)
 
-        def one(view: MatrixAxes | None, d: Any, g: Any) -> Any:
-            view = require_matrix(view, "scale_by_muon")
-            scale = shape_scale(view, lr_scaling)
+        def one(view: MatrixAxes, o: jax.Array, d: Any, g: Any) -> Any:
+            return restore_layout(
+                (shape_scale(view, lr_scaling) * o).astype(raw_array(g).dtype), view, like=d
+            )
 
-            def per_matrix(m: jax.Array) -> jax.Array:
-                o = newton_schulz(m, coefficients=ns_coefficients, steps=ns_steps, eps=eps, dtype=ns_dtype)
-                return (scale * o).astype(raw_array(g).dtype)
-
-            return map_matrices(per_matrix, d, view)
-
-        return map_with_axes(one, views, direction, updates), ScaleByMuonState(momentum=buffers)
+        out = map_orthogonalized(one, ns, views, direction, updates, who="scale_by_muon")
+        return out, ScaleByMuonState(momentum=buffers)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -210,17 +208,11 @@ def scale_by_normuon(
         del params
         views = axes_fn(updates)
         direction, buffers = step(updates, state.momentum)
+        ns = lambda m: newton_schulz(m, coefficients=ns_coefficients, steps=ns_steps, eps=eps, dtype=ns_dtype)
 
-        def one(view: MatrixAxes | None, d: Any, g: Any, v: jax.Array) -> _Pair:
-            view = require_matrix(view, "scale_by_normuon")
+        def one(view: MatrixAxes, o: jax.Array, d: Any, g: Any, v: jax.Array) -> _Pair:
             m, n = view.fan_out_size, view.fan_in_size
-            o = newton_schulz(
-                view.to_matrices(raw_array(d)),
-                coefficients=ns_coefficients,
-                steps=ns_steps,
-                eps=eps,
-                dtype=ns_dtype,
-            ).astype(jnp.float32)
+            o = o.astype(jnp.float32)
             v_next = beta2 * v + (1.0 - beta2) * jnp.mean(jnp.square(o), axis=-1)
 
             normed = o / (jnp.sqrt(v_next)[..., None] + eps)
@@ -233,7 +225,9 @@ def scale_by_normuon(
             u = (normed * (target / (normed_norm + eps))).astype(raw_array(g).dtype)
             return _Pair(restore_layout(u, view, like=g), v_next)
 
-        pairs = map_with_axes(one, views, direction, updates, state.neuron_second_moment)
+        pairs = map_orthogonalized(
+            one, ns, views, direction, updates, state.neuron_second_moment, who="scale_by_normuon"
+        )
         is_pair = lambda x: isinstance(x, _Pair)
         out = jax.tree.map(lambda p: p.update if is_pair(p) else p, pairs, is_leaf=is_pair)
         v_tree = jax.tree.map(lambda p: p.second if is_pair(p) else p, pairs, is_leaf=is_pair)

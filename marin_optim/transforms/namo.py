@@ -27,6 +27,7 @@ from marin_optim.labels import MatrixAxes, ParamLabeler, raw_array, restore_layo
 from marin_optim.transforms.muon import _momentum_step, _Pair, _validate, _zeros_like
 from marin_optim.transforms.newton_schulz import (
     NewtonSchulzCoefficients,
+    map_orthogonalized,
     map_with_axes,
     newton_schulz,
     require_matrix,
@@ -109,8 +110,7 @@ def _namo(
         else:
             decays = weight_decay_mask(params) if callable(weight_decay_mask) else weight_decay_mask
 
-        def one(view: MatrixAxes | None, d: Any, g: Any, p: Any, v: jax.Array, decay: Any) -> _Pair:
-            view = require_matrix(view, who)
+        def one(view: MatrixAxes, o: jax.Array, d: Any, g: Any, p: Any, v: jax.Array, decay: Any) -> _Pair:
             as_matrices = lambda x: view.to_matrices(raw_array(x)).astype(jnp.float32)
             m, grad, w = as_matrices(d), as_matrices(g), as_matrices(p)
             v_next = mu2 * v + (1.0 - mu2) * jnp.sum(jnp.square(grad), axis=reduce_axes)
@@ -127,11 +127,22 @@ def _namo(
             else:
                 decayed = -(wd * adaptive_lr)[..., None, None] * w
                 per = lambda x: x[..., None, None]
-            o = newton_schulz(m, coefficients=ns_coefficients, steps=ns_steps, eps=eps, dtype=ns_dtype)
             u = (decayed - per(step_lr) * o).astype(raw_array(p).dtype)
             return _Pair(restore_layout(u, view, like=g), v_next)
 
-        pairs = map_with_axes(one, views, direction, updates, params, state.second_moment, decays)
+        ns = lambda m: newton_schulz(m, coefficients=ns_coefficients, steps=ns_steps, eps=eps, dtype=ns_dtype)
+        pairs = map_orthogonalized(
+            one,
+            ns,
+            views,
+            direction,
+            updates,
+            params,
+            state.second_moment,
+            decays,
+            who=who,
+            dtype=jnp.float32,
+        )
         is_pair = lambda x: isinstance(x, _Pair)
         out = jax.tree.map(lambda q: q.update if is_pair(q) else q, pairs, is_leaf=is_pair)
         v_tree = jax.tree.map(lambda q: q.second if is_pair(q) else q, pairs, is_leaf=is_pair)

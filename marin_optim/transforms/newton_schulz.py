@@ -48,7 +48,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from marin_optim.labels import MatrixAxes, ParamLabeler, map_matrices
+from marin_optim.labels import MatrixAxes, ParamLabeler, raw_array, restore_layout
+from marin_optim.transforms.distributed import spread_matrices
 
 PyTree = Any
 Triple = tuple[float, float, float]
@@ -207,16 +208,11 @@ def orthogonalize_by_newton_schulz(
 
     def update_fn(updates, state, params=None):
         del params
-
-        def one(view: MatrixAxes | None, u: Any) -> Any:
-            view = require_matrix(view, "orthogonalize_by_newton_schulz")
-            return map_matrices(
-                lambda m: newton_schulz(m, coefficients=coefficients, steps=steps, eps=eps, dtype=dtype),
-                u,
-                view,
-            )
-
-        return map_with_axes(one, axes_fn(updates), updates), state
+        ns = lambda m: newton_schulz(m, coefficients=coefficients, steps=steps, eps=eps, dtype=dtype)
+        one = lambda view, o, u: restore_layout(o, view, like=u)
+        return map_orthogonalized(
+            one, ns, axes_fn(updates), updates, who="orthogonalize_by_newton_schulz"
+        ), state
 
     return optax.GradientTransformation(_empty_state, update_fn)
 
@@ -239,6 +235,31 @@ def map_with_axes(fn: Callable[..., Any], axes_tree: PyTree, *trees: PyTree) -> 
         *trees,
         is_leaf=lambda x: x is None or isinstance(x, (MatrixAxes, optax.MaskedNode)),
     )
+
+
+def map_orthogonalized(
+    one: Callable[..., Any],
+    ns: Callable[[jax.Array], jax.Array],
+    axes_tree: PyTree,
+    first: PyTree,
+    *rest: PyTree,
+    who: str,
+    dtype: Any = None,
+) -> PyTree:
+    """``map_with_axes(lambda view, x, *r: one(view, ns(X), x, *r), axes_tree, first, *rest)``
+    with ``X`` the leaf ``x`` of ``first`` as ``(num_matrices, fan_out, fan_in)`` (cast to
+    ``dtype`` if given), and every ``ns`` call of the tree made at once, divided over the devices
+    of the mesh in context (:func:`~marin_optim.transforms.distributed.spread_matrices`). Every
+    leaf must have a matrix view (``who`` names the caller in the error)."""
+    batches: list[jax.Array] = []
+
+    def collect(view: MatrixAxes | None, x: Any, *_: Any) -> None:
+        matrices = require_matrix(view, who).to_matrices(raw_array(x))
+        batches.append(matrices if dtype is None else matrices.astype(dtype))
+
+    map_with_axes(collect, axes_tree, first, *rest)
+    results = iter(spread_matrices(ns, batches))
+    return map_with_axes(lambda view, x, *r: one(view, next(results), x, *r), axes_tree, first, *rest)
 
 
 def require_matrix(view: MatrixAxes | None, who: str) -> MatrixAxes:
