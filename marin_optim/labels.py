@@ -160,17 +160,6 @@ class MatrixAxes:
         return f"{self.num_matrices} x [{core}]" if self.batch else f"[{core}]"
 
 
-def map_matrices(fn: Callable[[jax.Array], jax.Array], x: Any, axes: MatrixAxes) -> Any:
-    """Applies ``fn`` to ``x`` viewed as ``(num_matrices, fan_out, fan_in)`` and restores the layout.
-
-    ``x`` may be a plain array or a haliax ``NamedArray`` (its axes are kept). ``fn`` must return
-    an array of the same shape.
-    """
-    if haliax.is_named_array(x):
-        return haliax.named(axes.from_matrices(fn(axes.to_matrices(x.array))), x.axes)
-    return axes.from_matrices(fn(axes.to_matrices(x)))
-
-
 def restore_layout(y: jax.Array, axes: MatrixAxes, like: Any) -> Any:
     """``(num_matrices, fan_out, fan_in)`` back to the leaf's layout (a ``NamedArray`` if ``like`` is)."""
     out = axes.from_matrices(y)

@@ -1,10 +1,11 @@
 """Matrix work divided over devices (``marin_optim.transforms.distributed``): same numbers, 1/N work.
 
 On 8 simulated CPU devices with the speedrun's sharding (FSDP over ``data``; and data 4 x model
-2), under a mesh in context as both trainers set it: every Newton–Schulz optimizer's 5-step
-trajectory equals its one-device trajectory, the per-device FLOPs of ``muon``'s update (XLA's
+2), under a mesh in context as both trainers set it: each matrix optimizer's (Newton–Schulz,
+Dion, SOAP, Kron) 5-step trajectory equals its one-device trajectory, its per-device FLOPs (XLA's
 cost analysis of the compiled per-device program: a count, not a timing) are within 1.25x of the
-one-device FLOPs / 8, and every optimizer's state takes 1/8 of its bytes per device.
+one-device FLOPs / 8, and its state takes 1/8 of its bytes per device; every other registered
+optimizer's compiled update keeps its state divided (the memory analysis of its outputs).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import numpy as np
 import pytest
 from multidevice import run_on_devices
 
-from marin_optim.transforms.distributed import spread_matrices
+import marin_optim  # noqa: F401  (registers every optimizer)
+from marin_optim.config import OptimizerConfig
+from marin_optim.transforms.distributed import SMALL_STATE, spread_matrices
 
 SCRIPT = textwrap.dedent(
     """
@@ -27,6 +30,7 @@ SCRIPT = textwrap.dedent(
     from marin_optim import OptimizerConfig
     from marin_optim.speedrun.mesh import MeshConfig, make_mesh, sharding_tree
     from marin_optim.speedrun.model import ModelConfig, Transformer
+    from marin_optim.transforms.distributed import SMALL_STATE
 
     # 4 stacked layers of q, k, v, o (64 x 64) and gate, up (192 x 64), down (64 x 192): 28
     # matrices of two shapes (up to transposition), plus embedding, head and norms
@@ -62,11 +66,12 @@ SCRIPT = textwrap.dedent(
                 for x, sh in zip(jax.tree.leaves(state), jax.tree.leaves(s_sh), strict=True)
             )
             total = sum(x.dtype.itemsize * x.size for x in jax.tree.leaves(state))
-            return cost["flops"], per_device, total, c.as_text().count(" all-to-all(")
+            small = sum(x.dtype.itemsize * x.size for x in jax.tree.leaves(state) if x.size < SMALL_STATE)
+            return cost["flops"], per_device, total, small, c.as_text().count(" all-to-all(")
 
         single = jax.jit(run)(params, grads)
         one = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
-        flops_1, _, _, _ = compiled(one, MeshConfig(data=1, model=1))
+        flops_1 = compiled(one, MeshConfig(data=1, model=1))[0]
         row = {}
         for layout, (data, mdl) in {"fsdp": (8, 1), "data4_model2": (4, 2)}.items():
             mesh_cfg = MeshConfig(data=data, model=mdl)
@@ -78,12 +83,13 @@ SCRIPT = textwrap.dedent(
             a, b = jax.tree.leaves(sharded), jax.tree.leaves(single)
             num = sum(float(np.sum((np.asarray(x) - np.asarray(y)) ** 2)) for x, y in zip(a, b))
             den = sum(float(np.sum((np.asarray(y) - np.asarray(p)) ** 2)) for y, p in zip(b, leaves))
-            flops, per_device, total, all_to_all = compiled(mesh, mesh_cfg)
+            flops, per_device, total, small, all_to_all = compiled(mesh, mesh_cfg)
             row[layout] = {
                 "rel_err": (num / den) ** 0.5,
                 "flop_ratio": flops / (flops_1 / 8),
                 "state_per_device": per_device,
                 "state_total": total,
+                "small_state": small,
                 "all_to_all": all_to_all,
             }
         out[name] = row
@@ -93,14 +99,20 @@ SCRIPT = textwrap.dedent(
 
 OPTIMIZERS = {
     "muon": {"type": "muon", "ns_dtype": "float32", "warmup": 0, "learning_rate": 0.02},
-    "normuon": {"type": "normuon", "ns_dtype": "float32", "warmup": 0},
-    "scion": {"type": "scion", "warmup": 0},
-    "namo": {"type": "namo", "warmup": 0},
+    # normuon, scion, namo, namoD, muonH, grug_muon take muon's path (map_orthogonalized)
+    # rank 1/4: the QR (on a CPU a loop, which the cost analysis counts once, not once per
+    # matrix) stays small beside the matmuls the count is about
+    "dion": {"type": "dion", "warmup": 0, "rank_fraction": 0.25},
+    # blocks of 32: each 64 x 64 matrix is 4 blocks, each 64 x 192 one 12
+    "soap": {"type": "soap", "warmup": 0, "block_size": 32, "precondition_frequency": 2},
+    "kron": {"type": "kron", "warmup": 0, "block_size": 32, "preconditioner_update_probability": 1.0},
 }
 
-TOLERANCE = 1e-5
-"""8 devices vs 1 over 5 steps, relative to the parameters' change: the same float32 Newton–Schulz
-on the same matrices, only the embedding's and norms' reductions summed in another order."""
+TOLERANCE = {"soap": 1e-4, "kron": 1e-4}
+"""8 devices vs 1 over 5 steps, relative to the parameters' change: the same float32 work on the
+same matrices, only reductions (the embedding's, the norms', a factor's ``G G^T``) summed in
+another order; SOAP's eigenbases and Kron's triangular fits carry that rounding a little further."""
+DEFAULT_TOLERANCE = 1e-5
 
 
 @pytest.mark.slow
@@ -109,14 +121,16 @@ def test_matrix_work_divides_over_eight_devices_with_the_same_numbers():
     for name, layouts in result.items():
         for layout, r in layouts.items():
             print(f"{name} {layout}: {r}")
-            assert r["rel_err"] <= TOLERANCE, (name, layout, r)
+    for name, layouts in result.items():
+        for layout, r in layouts.items():
+            assert r["rel_err"] <= TOLERANCE.get(name, DEFAULT_TOLERANCE), (name, layout, r)
             assert r["all_to_all"] > 0, (name, layout, "the matrices were not moved to their owners")
-            # state sharded like the parameters: 1/8 per device, but for replicated scalars (and
-            # normuon's per-neuron second moment, 1% of its state, replicated: not yet sharded)
-            extra = 4096 + (0.011 * r["state_total"] if name == "normuon" else 0)
-            assert r["state_per_device"] <= r["state_total"] / 8 + extra, (name, layout, r)
-    # 28 matrices of two shapes over 8 devices: ceil(16/8) + ceil(12/8) = 4 per device for 3.5
-    assert result["muon"]["fsdp"]["flop_ratio"] <= 1.25, result["muon"]
+            # state sharded like the parameters: 1/8 per device, but for arrays too small to divide
+            assert r["state_per_device"] <= r["state_total"] / 8 + r["small_state"], (name, layout, r)
+            # per-device FLOPs: each device's share of the matrices, and at most one extra matrix
+            # (or block) per shape; 28 matrices of two shapes over 8 devices: ceil(16/8) +
+            # ceil(12/8) = 4 per device for 3.5
+            assert r["flop_ratio"] <= 1.25, (name, layout, r)
 
 
 def test_without_a_mesh_each_batch_is_its_own_call():
@@ -130,3 +144,71 @@ def test_without_a_mesh_each_batch_is_its_own_call():
     out = spread_matrices(fn, batches)
     assert calls == [(2, 3, 5), (1, 5, 3)]
     np.testing.assert_array_equal(np.asarray(out[1]), 2 * np.ones((1, 5, 3)))
+
+
+STATE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import marin_optim
+    from marin_optim.config import OptimizerConfig
+    from marin_optim.speedrun.analysis import analyse_update
+    from marin_optim.speedrun.mesh import MeshConfig
+    from marin_optim.speedrun.model import ModelConfig
+
+    model = ModelConfig(hidden_dim=64, intermediate_dim=256, num_heads=4, num_kv_heads=4, num_layers=2)
+    out = {}
+    for name in json.loads(sys.argv[1]):
+        cfg = OptimizerConfig.from_dict({"type": name})
+        r = analyse_update(cfg, model, MeshConfig(data=8, model=1))
+        out[name] = {k: v for k, v in r.items() if k != "collectives"}
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+GALORE = "optax_galore"
+"""optax's GaLore cannot initialise a tree with ``None`` leaves (the speedrun model's absent
+biases): its ``init`` reads ``p.dtype`` of each leaf, a failure of optax's, on one device too."""
+
+
+def _state_chunks(n: int) -> list[list[str]]:
+    # those of OPTIMIZERS have their state checked above, with the trajectories
+    names = sorted(set(OptimizerConfig.registered()) - {GALORE} - set(OPTIMIZERS))
+    return [names[i::n] for i in range(n)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", _state_chunks(4), ids=lambda c: f"{c[0]}..")
+def test_every_optimizers_state_is_divided_over_eight_devices(chunk):
+    """Every registered optimizer, its update compiled on 8 devices (FSDP): every state array of
+    ``SMALL_STATE`` values or more is divided, and the memory analysis of the compiled update's
+    outputs (the updates, placed like the parameters, and the new state, where the update leaves
+    it) is 1/8 of the parameters' and state's bytes, plus the small arrays kept whole."""
+    result = run_on_devices(STATE_SCRIPT, json.dumps(chunk))
+    bad = []
+    for name, r in result.items():
+        divided = (r["param_bytes"] + r["state_bytes"] - r["replicated_state_bytes"]) / 8
+        bound = divided + r["replicated_state_bytes"] + 8192
+        print(f"{name}: outputs {r['output_bytes_per_device']} per device, bound {bound:.0f}")
+        if r["largest_replicated_state"] >= SMALL_STATE or r["undivided_state"]:
+            bad.append((name, "state kept whole", r["largest_replicated_state"], r["undivided_state"]))
+        if r["output_bytes_per_device"] > bound:
+            bad.append((name, "outputs not divided", r["output_bytes_per_device"], bound))
+    assert not bad, bad
+
+
+def test_state_placement_rule():
+    from jax.sharding import PartitionSpec as P
+
+    from marin_optim.transforms.distributed import state_spec, undivided_state
+
+    axes = ("data", "model")
+    # the first axis the device count divides; small arrays and single devices: whole
+    assert state_spec((4, 16, 256, 256), 8, axes) == P(None, axes)
+    assert state_spec((16, 256, 256), 8, axes) == P(axes)
+    assert state_spec((3, 5, 7), 8, axes) == P()
+    assert state_spec((7, 7, 7, 7), 8, axes) == P()
+    assert state_spec((8,), 8, axes) == P()  # under SMALL_STATE values
+    assert state_spec((16, 256), 1, ()) == P()
+    state = {"q": jnp.zeros((7, 7, 7, 7)), "v": jnp.zeros((16, 256)), "count": jnp.zeros(())}
+    assert undivided_state(state, 8) == ["['q']"]
+    assert undivided_state(state, 1) == []

@@ -22,6 +22,7 @@ from haliax.partitioning import ResourceMapping, pspec_for_axis
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from marin_optim.errors import ConfigError
+from marin_optim.transforms.distributed import state_spec
 
 DATA = "data"
 MODEL = "model"
@@ -116,16 +117,36 @@ def check_divisibility(
 
 def sharding_tree(tree: Any, mapping: ResourceMapping, mesh: Mesh) -> Any:
     """A ``NamedSharding`` for every array in ``tree``: NamedArrays by their axis names through
-    ``mapping``, plain arrays (step counts, hyperparameters) replicated."""
+    ``mapping``; plain arrays (an optimizer's per-block matrices, step counts) by
+    :func:`~marin_optim.transforms.distributed.state_spec`: large ones split along an axis the
+    device count divides, small ones replicated."""
 
     def one(x: Any) -> Any:
         if isinstance(x, hax.NamedArray):
-            return NamedSharding(mesh, pspec_for_axis(x.axis_names, mapping))
+            if not hasattr(x.array, "shape"):  # optax's masked or per-axis (SM3) states
+                return NamedSharding(mesh, PartitionSpec())
+            spec = pspec_for_axis(x.axis_names, mapping)
+            if _divides(x.array.shape, spec, mesh):
+                return NamedSharding(mesh, spec)
+            # optax's reduced states (factored moments, clipping histories) keep a parameter's
+            # names around an array of another shape: placed by that shape instead
+            x = x.array
         if hasattr(x, "shape"):
-            return NamedSharding(mesh, PartitionSpec())
+            return NamedSharding(mesh, state_spec(x.shape, mesh.size, tuple(mesh.axis_names)))
         return None
 
     return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, hax.NamedArray))
+
+
+def _divides(shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh) -> bool:
+    """Whether ``spec`` names one entry per axis of ``shape`` and its mesh axes divide each."""
+    if len(spec) != len(shape):
+        return False
+    for size, entry in zip(shape, spec, strict=True):
+        names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        if size % int(np.prod([mesh.shape[n] for n in names])):
+            return False
+    return True
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -61,6 +61,7 @@ from marin_optim.speedrun.mesh import (
 from marin_optim.speedrun.model import VOCAB_SIZE, Transformer, cast_floating, next_token_loss
 from marin_optim.speedrun.plots import Curve, plot_curves
 from marin_optim.state import hyperparams, with_schedule_step
+from marin_optim.transforms.distributed import undivided_state
 
 Hook = Callable[[int], None]
 """Called with the step number after each step's logging, evaluation and checkpoint."""
@@ -456,6 +457,12 @@ def run_speedrun(
     tx = cfg.optimizer.build(t.num_train_steps)
 
     say(_header(cfg, plan, dataset))
+    whole = undivided_state(jax.eval_shape(tx.init, abstract_params(cfg.model)), plan.num_devices)
+    if whole:  # said once: these stay whole on every device (correct, but not divided)
+        say(
+            f"  optimizer state kept whole on each of the {plan.num_devices} devices (no axis of "
+            f"theirs divides by {plan.num_devices}): {', '.join(whole)}"
+        )
     say("resolved config:\n" + _indent(cfg.to_yaml()))
     table = cfg.optimizer.param_table(abstract_params(cfg.model))
     say("parameters (optimizer groups, weight decay):\n" + _indent(table))

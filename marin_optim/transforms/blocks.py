@@ -25,6 +25,8 @@ import haliax.nn as hnn
 import jax
 import jax.numpy as jnp
 
+from marin_optim.errors import ConfigError
+
 
 def _merge_cost(size: int, target: int) -> float:
     """How far a merged axis of ``size`` is from ``target`` (log2 units; far too small or far too
@@ -146,6 +148,14 @@ def padding_problem(layout: BlockLayout, block_size: int | None) -> str | None:
         f"is cut into {layout.num_blocks} block(s) of {layout.block_shape} (axes {layout.merged} each "
         f"zero-padded to a multiple of block_size={block_size}): {padded / values:.0f}x its "
         f"{values} values; set merge_small_dims: true or a smaller block_size"
+    )
+
+
+def layout_error(who: str, tree: Any, index: int, problem: str) -> ConfigError:
+    """``"<who>: parameter <path> of shape <shape> <problem>"`` for leaf ``index`` of ``tree``."""
+    path, leaf = jax.tree_util.tree_leaves_with_path(tree)[index]
+    return ConfigError(
+        f"{who}: parameter {jax.tree_util.keystr(path)} of shape {tuple(leaf.shape)} {problem}"
     )
 
 

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import optax
 
 from marin_optim.labels import MatrixAxes, ParamLabeler, raw_array, restore_layout
+from marin_optim.transforms.blocks import one_matrix_at_a_time
+from marin_optim.transforms.distributed import shard_state, spread_matrices
 from marin_optim.transforms.newton_schulz import map_with_axes, require_matrix
 
 PyTree = Any
@@ -88,36 +90,31 @@ def scale_by_dion(
 
         return ScaleByDionState(
             momentum=jax.tree.map(jnp.zeros_like, params),
-            q=map_with_axes(q0, axes_fn(params), params),
+            q=shard_state(map_with_axes(q0, axes_fn(params), params)),
         )
 
     def update_fn(updates, state, params=None):
         del params
         views = axes_fn(updates)
-        orthonormalize = _Orthonormalizer()
+        batches: list[tuple[jax.Array, jax.Array, jax.Array]] = []
 
-        def one(view: MatrixAxes | None, g: Any, buf: Any, q: jax.Array) -> _Triple:
+        def collect(view: MatrixAxes | None, g: Any, buf: Any, q: jax.Array) -> None:
             view = require_matrix(view, "scale_by_dion")
             m, n = view.fan_out_size, view.fan_in_size
             b = view.to_matrices(raw_array(buf).astype(jnp.float32) + raw_array(g).astype(jnp.float32))
-            tall = b if m >= n else jnp.swapaxes(b, -1, -2)
-            p_mat = orthonormalize(tall @ q)
-            r_mat = jnp.swapaxes(tall, -1, -2) @ p_mat
-            approx = p_mat @ jnp.swapaxes(r_mat, -1, -2)
-            if m < n:
-                approx = jnp.swapaxes(approx, -1, -2)
-            new_buf = b - (1.0 - momentum) * approx
-            col_norm = jnp.sqrt(jnp.sum(jnp.square(r_mat), axis=-2, keepdims=True))
-            q_new = r_mat / (col_norm + eps)
-            degenerate = jnp.all(r_mat == 0, axis=(-2, -1), keepdims=True)
-            q_next = jnp.where(degenerate, q, q_new)
-            direction = p_mat @ jnp.swapaxes(q_new, -1, -2)
-            if m < n:
-                direction = jnp.swapaxes(direction, -1, -2)
-            direction = math.sqrt(m / n) * direction
-            dtype = raw_array(g).dtype
+            scale = jnp.full((b.shape[0],), math.sqrt(m / n), jnp.float32)
+            batches.append((b if m >= n else b.mT, q, scale))
+
+        map_with_axes(collect, views, updates, state.momentum, state.q)
+        step = lambda item: dion_step(*item, momentum=momentum, eps=eps)
+        results = iter(spread_matrices(step, batches, transposable=False))
+
+        def one(view: MatrixAxes, g: Any, buf: Any, q: jax.Array) -> _Triple:
+            direction, new_buf, q_next = next(results)
+            if view.fan_out_size < view.fan_in_size:
+                direction, new_buf = direction.mT, new_buf.mT
             return _Triple(
-                restore_layout(direction.astype(dtype), view, like=g),
+                restore_layout(direction.astype(raw_array(g).dtype), view, like=g),
                 restore_layout(new_buf.astype(raw_array(buf).dtype), view, like=buf),
                 q_next,
             )
@@ -125,38 +122,35 @@ def scale_by_dion(
         triples = map_with_axes(one, views, updates, state.momentum, state.q)
         is_triple = lambda x: isinstance(x, _Triple)
         pick = lambda i: jax.tree.map(lambda t: t[i] if is_triple(t) else t, triples, is_leaf=is_triple)
-        return pick(0), ScaleByDionState(momentum=pick(1), q=pick(2))
+        return pick(0), ScaleByDionState(momentum=pick(1), q=shard_state(pick(2)))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-class _Orthonormalizer:
-    """Orthonormal bases of the columns of ``(batch, k, r)`` matrices by reduced QR, in float32.
+def dion_step(
+    b: jax.Array, q: jax.Array, scale: jax.Array, *, momentum: float, eps: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One Dion step on a batch of tall buffers ``b`` (momentum plus gradient) with their
+    ``n x r`` factors ``q`` and per-matrix ``scale`` (``sqrt(fan_out / fan_in)``):
+    ``(scale P Q_new^T, B - (1 - mu) P R^T, Q_next)``, the direction, the new buffer and the
+    kept factor, in the tall orientation; see :func:`scale_by_dion`."""
+    p_mat = orthonormal_columns(b @ q)
+    r_mat = b.mT @ p_mat
+    new_buf = b - (1.0 - momentum) * (p_mat @ r_mat.mT)
+    q_new = r_mat / (jnp.sqrt(jnp.sum(jnp.square(r_mat), axis=-2, keepdims=True)) + eps)
+    degenerate = jnp.all(r_mat == 0, axis=(-2, -1), keepdims=True)
+    return scale[:, None, None] * (p_mat @ q_new.mT), new_buf, jnp.where(degenerate, q, q_new)
 
-    On CPU, jaxlib's LAPACK QR kernel waits inside an XLA thread-pool worker for batch tasks
-    queued on the same pool; several such calls running at once can take every worker and
-    deadlock (seen on a 2-core machine with a handful of stacked layers). There, the QRs of one
-    update are therefore issued one matrix at a time and chained with
-    ``optimization_barrier`` so that at most one runs at a time. Accelerators take one batched
-    QR per leaf.
-    """
 
-    def __init__(self) -> None:
-        self.serial = jax.default_backend() == "cpu"
-        self.last: jax.Array | None = None
-
-    def _qr(self, x: jax.Array) -> jax.Array:
-        if self.last is not None:
-            x, _ = jax.lax.optimization_barrier((x, self.last))
-        q = jnp.linalg.qr(x, mode="reduced")[0]
-        self.last = q
-        return q
-
-    def __call__(self, p: jax.Array) -> jax.Array:
-        p = p.astype(jnp.float32)
-        if not self.serial:
-            return jnp.linalg.qr(p, mode="reduced")[0]
-        return jnp.stack([self._qr(p[i]) for i in range(p.shape[0])])
+def orthonormal_columns(p: jax.Array) -> jax.Array:
+    """Orthonormal bases of the columns of ``(batch, k, r)`` matrices by reduced QR, in float32:
+    batched, except on a CPU, where one matrix at a time (jaxlib's batched CPU QR waits on the
+    XLA thread pool and deadlocks when several run at once; seen on 2 cores)."""
+    qr = lambda x: jnp.linalg.qr(x, mode="reduced")[0]
+    p = p.astype(jnp.float32)
+    if jax.default_backend() == "cpu":
+        return one_matrix_at_a_time(qr, 1, p)
+    return qr(p)
 
 
 class _Triple:

@@ -1,32 +1,45 @@
-"""Matrix work divided over the devices instead of repeated on each.
+"""Matrix work divided over the devices instead of repeated on each, and state kept divided.
 
-A matrix optimizer's per-matrix step (Newton–Schulz, ...) needs a whole matrix, so when the
-parameters are sharded (FSDP over ``data``, tensor parallel over ``model``) XLA gathers every
-matrix onto every device and each device repeats every other device's work. The remedy of
-distributed Muon (Liu et al., 2025, "Muon is Scalable for LLM Training", arXiv:2502.16982,
-section 2.3; Ahn et al., 2025, Dion, arXiv:2504.05295): give each matrix one owner, orthogonalise
-there, and send the result back.
+A matrix optimizer's per-matrix step (Newton–Schulz, an eigendecomposition, a triangular solve)
+needs a whole matrix, so when the parameters are sharded (FSDP over ``data``, tensor parallel over
+``model``) XLA gathers every matrix onto every device and each device repeats every other
+device's work. The remedy of distributed Muon (Liu et al., 2025, "Muon is Scalable for LLM
+Training", arXiv:2502.16982, section 2.3) and of distributed Shampoo (Shi et al., 2023,
+arXiv:2309.06497): give each matrix (or block) one owner, compute there, and send the result
+back.
 
-:func:`spread_matrices` does this with the sharding annotations GSPMD understands: the matrices
-of one shape (a wide ``m x n`` and a tall ``n x m`` count as one shape; the tall ones are
-transposed, which every step here commutes with) are stacked into one ``[k, m, n]`` batch,
-zero-padded to a multiple of the device count, and that batch axis is sharded over every axis of
-the mesh; XLA moves each matrix to its owner (an all-to-all), and the results are gathered and
-cut back into the parameters' layout (an all-gather of the results, the volume the undivided
-path gathers of the inputs). Each device then computes ``ceil(k / N)`` of each shape's ``k`` matrices:
-``total / N`` when the counts divide, and never more than one extra matrix per shape. Without a
-mesh in context (``jax.set_mesh``, which haliax's ``set_mesh`` and both trainers use) or on one
-device it is ``fn`` on each batch, as before. The numbers are the same either way: a step on a
-matrix does not depend on where it runs.
+:func:`on_owners` is that primitive: a function of a batch of independent items runs under
+``jax.shard_map`` with the batch divided over every axis of the mesh in context (``jax.set_mesh``,
+which haliax's ``set_mesh`` and both trainers use), padded with copies of its last item to a
+multiple of the device count. XLA moves each item to its owner (an all-to-all) and the results
+back. Each device computes ``ceil(k / N)`` of ``k`` items: ``total / N`` when the count divides,
+never more than one extra. :func:`spread_matrices` stacks a tree's matrices by shape into such
+batches (Newton–Schulz, Dion's QR); SOAP and Kron hand it their blocks. Without a mesh, or on
+one device, ``fn`` runs as it is. The numbers are the same either way: a step on an item does not
+depend on where it runs.
+
+The state that is not shaped like a parameter (SOAP's and Kron's per-block matrices, Dion's
+``Q``, NorMuon's per-neuron moment) is kept divided too: :func:`state_spec` shards such an array
+along its first axis that the device count divides (the batch of blocks when it does, else a
+matrix's rows), both trainers' rule for plain arrays (:func:`shard_state` inside the transforms,
+``marin_optim.speedrun.mesh.sharding_tree`` at rest). An array no axis of which divides stays
+replicated; :func:`undivided_state` names those for the run header.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import haliax as hax
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
+
+SMALL_STATE = 1024
+"""Plain state arrays with fewer values than this stay replicated (step counts, keys, short
+histories): at most 4 KB each in float32."""
 
 
 def mesh_devices() -> tuple[int, tuple[str, ...]]:
@@ -37,48 +50,134 @@ def mesh_devices() -> tuple[int, tuple[str, ...]]:
     return int(mesh.size), tuple(mesh.axis_names)
 
 
+def on_owners(fn: Callable[..., Any], lead: int, *args: Any) -> Any:
+    """``fn(*args)`` with its batch divided over the mesh's devices (module docstring).
+
+    Every array in ``args`` (any pytree) starts with the same ``lead`` batch axes; ``fn`` takes
+    them flattened into one batch axis, maps each item independently (vmapped, or one at a time)
+    and returns arrays with that batch axis first. The outputs get the ``lead`` axes back.
+    """
+    leaves, treedef = jax.tree.flatten(args)
+    if not leaves:
+        return fn(*args)
+    lead_shape = leaves[0].shape[:lead]
+    k = math.prod(lead_shape)
+    flat = [x.reshape((k, *x.shape[lead:])) for x in leaves]
+    devices, axes = mesh_devices()
+    if devices <= 1 or k <= 1:
+        out = fn(*jax.tree.unflatten(treedef, flat))
+        return jax.tree.map(lambda y: y.reshape((*lead_shape, *y.shape[1:])), out)
+    pad = -k % devices
+    if pad:  # copies of the last item: a valid input for any fn, dropped afterwards
+        flat = [jnp.concatenate([x, jnp.broadcast_to(x[-1:], (pad, *x.shape[1:]))]) for x in flat]
+    spec = PartitionSpec(axes)
+    out = jax.shard_map(
+        lambda *xs: fn(*jax.tree.unflatten(treedef, xs)), in_specs=spec, out_specs=spec, check_vma=False
+    )(*flat)
+    if pad:  # gathered before the padding is cut off (the slice bug of :func:`spread_matrices`)
+        out = jax.tree.map(lambda y: jax.lax.with_sharding_constraint(y, PartitionSpec())[:k], out)
+    return jax.tree.map(lambda y: y.reshape((*lead_shape, *y.shape[1:])), out)
+
+
 def _is_wide(x: jax.Array) -> bool:
     return x.shape[-2] <= x.shape[-1]
 
 
-def _wide(x: jax.Array) -> jax.Array:
-    return x if _is_wide(x) else x.mT
+def spread_matrices(
+    fn: Callable[[Any], Any], batches: Sequence[Any], *, transposable: bool = True
+) -> list[Any]:
+    """``[fn(b) for b in batches]``, the batches of one shape stacked and divided over the mesh.
 
-
-def spread_matrices(fn: Callable[[jax.Array], jax.Array], batches: Sequence[jax.Array]) -> list[jax.Array]:
-    """``[fn(b) for b in batches]`` with the work divided over the mesh's devices (module docstring).
-
-    Each batch is ``[k, m, n]``; ``fn`` maps a ``[k, m, n]`` batch to one of the same shape, one
-    matrix at a time (vmapped) and commuting with transposition (``fn(x^T) = fn(x)^T`` per
-    matrix; true of Newton–Schulz, which orients each matrix wide itself).
+    Each batch is a ``[k, m, n]`` array, or a tuple of arrays that share ``k`` (a matrix and its
+    optimizer's factor); ``fn`` maps a batch to arrays with the same leading ``k``, one item at a
+    time. Batches stack when their arrays' shapes past ``k`` and dtypes are equal. With
+    ``transposable`` (single arrays only), ``fn`` commutes with transposition (``fn(x^T) =
+    fn(x)^T`` per matrix, true of Newton–Schulz), so a tall ``n x m`` and a wide ``m x n`` batch
+    stack as one shape, the tall ones transposed.
     """
-    devices, axes = mesh_devices()
+    devices, _ = mesh_devices()
     if devices <= 1 or not batches:
         return [fn(b) for b in batches]
-    groups: dict[tuple[int, int, jnp.dtype], list[int]] = {}
-    for i, b in enumerate(batches):
-        m, n = b.shape[-2:]
-        groups.setdefault((min(m, n), max(m, n), b.dtype), []).append(i)
-    spec = PartitionSpec(axes, None, None)
-    out: list[jax.Array | None] = [None] * len(batches)
+    flips = [transposable and not _is_wide(b) for b in batches]
+    parts = [b.mT if f else b for b, f in zip(batches, flips, strict=True)]
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, part in enumerate(parts):
+        key = (jax.tree.structure(part), *((x.shape[1:], x.dtype) for x in jax.tree.leaves(part)))
+        groups.setdefault(key, []).append(i)
+    out: list[Any] = [None] * len(batches)
     for members in groups.values():
-        wide = [
-            batches[i] if batches[i].shape[-2] <= batches[i].shape[-1] else batches[i].mT for i in members
-        ]
-        sizes = [w.shape[0] for w in wide]
-        total = sum(sizes)
-        stack = jnp.concatenate(wide) if len(wide) > 1 else wide[0]
-        pad = -total % devices
-        if pad:
-            stack = jnp.concatenate([stack, jnp.zeros((pad, *stack.shape[1:]), stack.dtype)])
-        stack = jax.lax.with_sharding_constraint(stack, spec)
-        result = jax.lax.with_sharding_constraint(fn(stack), spec)
-        # gathered before it is cut back into leaves: XLA's SPMD partitioner can emit an invalid
-        # slice of the sharded stack (seen in Levanter's trainer, data 4 x model 2)
-        result = jax.lax.with_sharding_constraint(result, PartitionSpec())[:total]
+        sizes = [jax.tree.leaves(parts[i])[0].shape[0] for i in members]
+        stack = jax.tree.map(
+            lambda *xs: jnp.concatenate(xs) if len(xs) > 1 else xs[0], *[parts[i] for i in members]
+        )
+        result = on_owners(fn, 1, stack)
+        if len(members) > 1:
+            # gathered before it is cut into the members' pieces: XLA's SPMD partitioner can emit
+            # an invalid slice of the sharded batch (seen in Levanter's trainer, data 4 x model 2)
+            result = jax.tree.map(lambda y: jax.lax.with_sharding_constraint(y, PartitionSpec()), result)
         start = 0
         for i, size in zip(members, sizes, strict=True):
-            piece = result[start : start + size]
-            out[i] = piece if _is_wide(batches[i]) else piece.mT
+            piece = jax.tree.map(lambda y, start=start, size=size: y[start : start + size], result)
+            out[i] = piece.mT if flips[i] else piece
             start += size
-    return out  # type: ignore[return-value]
+    return out
+
+
+def spread_blocks(fn: Callable[[Any], Any], items: Sequence[Any], leads: Sequence[int]) -> list[Any]:
+    """:func:`spread_matrices` (not transposable) over ``items`` whose arrays start with
+    ``leads[i]`` batch axes (a stacked leaf's layers and its blocks): flattened into one batch
+    axis for ``fn``, restored in its results. Every leaf's blocks of one shape are shared out
+    together, so a leaf with fewer blocks than devices costs no device more than its share."""
+    shapes = [jax.tree.leaves(item)[0].shape[:n] for item, n in zip(items, leads, strict=True)]
+    flat = [
+        jax.tree.map(lambda x, n=n: x.reshape((-1, *x.shape[n:])), item)
+        for item, n in zip(items, leads, strict=True)
+    ]
+    out = spread_matrices(fn, flat, transposable=False)
+    return [
+        jax.tree.map(lambda y, s=s: y.reshape((*s, *y.shape[1:])), o)
+        for o, s in zip(out, shapes, strict=True)
+    ]
+
+
+def state_spec(shape: Sequence[int], devices: int, axes: tuple[str, ...]) -> PartitionSpec:
+    """Where a plain state array of ``shape`` lives on a mesh of ``devices`` (axes ``axes``): its
+    first axis that ``devices`` divides, split over every mesh axis; replicated when the array is
+    small (:data:`SMALL_STATE`) or no axis divides."""
+    if devices <= 1 or math.prod(shape) < SMALL_STATE:
+        return PartitionSpec()
+    for i, size in enumerate(shape):
+        if size % devices == 0:
+            return PartitionSpec(*([None] * i), axes)
+    return PartitionSpec()
+
+
+def shard_state(tree: Any) -> Any:
+    """``tree``'s plain arrays constrained to :func:`state_spec` on the mesh in context (a no-op
+    without one): the transforms call it on the state they create, so the state's layout is the
+    same in any trainer that does not pin it otherwise. NamedArrays are left to the axis mapping."""
+    devices, axes = mesh_devices()
+    if devices <= 1:
+        return tree
+
+    def one(x: Any) -> Any:
+        if isinstance(x, hax.NamedArray):
+            return x
+        return jax.lax.with_sharding_constraint(x, state_spec(x.shape, devices, axes))
+
+    return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, hax.NamedArray))
+
+
+def undivided_state(state: Any, devices: int) -> list[str]:
+    """Paths of ``state``'s plain arrays of at least :data:`SMALL_STATE` values that no axis of
+    which ``devices`` divides: they stay whole on every device (the fallback the run header names)."""
+    if devices <= 1:
+        return []
+    out = []
+    is_named = lambda x: isinstance(x, hax.NamedArray)
+    for path, x in jax.tree_util.tree_leaves_with_path(state, is_leaf=is_named):
+        if is_named(x) or not hasattr(x, "shape") or math.prod(x.shape) < SMALL_STATE:
+            continue
+        if all(size % devices for size in x.shape):
+            out.append(jax.tree_util.keystr(path))
+    return out

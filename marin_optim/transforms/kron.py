@@ -48,11 +48,13 @@ from marin_optim.transforms.blocks import (
     batched,
     block_layout,
     from_blocks,
+    layout_error,
     one_matrix_at_a_time,
     padding_problem,
     stacked_leaves,
     to_blocks,
 )
+from marin_optim.transforms.distributed import shard_state, spread_blocks
 
 MEMORY_SAVE_MODES = (None, "one_diag", "all_diag")
 PRECISIONS = (None, "bfloat16", "tensorfloat32", "float32")
@@ -218,9 +220,11 @@ def scale_by_kron(
     ``m <- b1 m + (1 - b1) g`` is bias-corrected (``b1 = 0``: none, the gradient itself); on a fit
     step the factors are fitted to it; the output is ``P m``. ``init`` and ``update`` need the
     parameters' structure (a haliax ``Stacked`` module's leaves are preconditioned layer by
-    layer; ``lax_map_scanned_layers`` maps over the layers ``lax_map_batch_size`` at a time
-    instead of all at once). A triangular factor larger than ``max_size_triangular`` (possible
-    only without blocks, after merging) is a ``ConfigError`` naming the parameter.
+    layer; ``lax_map_scanned_layers`` maps over the blocks ``lax_map_batch_size`` at a time
+    instead of all at once). On several devices every leaf's blocks of one shape are shared out
+    over the mesh (:func:`~marin_optim.transforms.distributed.spread_blocks`). A triangular
+    factor larger than ``max_size_triangular`` (possible only without blocks, after merging) is a
+    ``ConfigError`` naming the parameter.
     """
     mu_dtype = optax._src.utils.canonicalize_dtype(mu_dtype)
     precond_dtype = optax._src.utils.canonicalize_dtype(precond_dtype) or jnp.float32
@@ -239,36 +243,41 @@ def scale_by_kron(
                 target_merged_dim_size=target_merged_dim_size,
                 block_size=block_size,
             )
-            name = lambda i=i: jax.tree_util.keystr(jax.tree_util.tree_leaves_with_path(tree)[i][0])
             problem = padding_problem(layout, block_size)
             if problem:
-                raise ConfigError(f"kron: parameter {name()} of shape {tuple(x.shape)} {problem}")
+                raise layout_error("kron", tree, i, problem)
             shapes = zip(layout.block_shape, layout.rotated, strict=True)
             big = [s for s, r in shapes if r and s > max_size_triangular]
             if big:
-                raise ConfigError(
-                    f"kron: parameter {name()} of shape {tuple(x.shape)} would get a {big[0]}x{big[0]} "
-                    f"triangular preconditioner (its axes merged to {layout.merged}), over "
-                    f"max_size_triangular={max_size_triangular}; set partition_grads_into_blocks: true"
+                raise layout_error(
+                    "kron",
+                    tree,
+                    i,
+                    f"would get a {big[0]}x{big[0]} triangular preconditioner (its axes merged to "
+                    f"{layout.merged}), over max_size_triangular={max_size_triangular}; "
+                    "set partition_grads_into_blocks: true",
                 )
             out.append(layout)
         return out, batch
 
-    def per_block(fn: Callable, nb: int, mapped: bool = False) -> Callable:
-        """``fn`` of one block over the layer (``nb``) and block axes."""
+    def per_block(fn: Callable) -> Callable:
+        """``fn`` of one block over one batch axis of blocks (every leaf's blocks of one shape,
+        gathered by :func:`spread_blocks`); ``lax_map_scanned_layers`` maps them
+        ``lax_map_batch_size`` at a time instead of all at once (Levanter maps a stacked leaf's
+        layers; either way only the peak memory changes)."""
         fn = jax.vmap(fn)
-        if nb and mapped and lax_map_scanned_layers:
+        if lax_map_scanned_layers:
             size = lax_map_batch_size if lax_map_batch_size > 1 else None
             return lambda *xs: jax.lax.map(lambda a: fn(*a), xs, batch_size=size)
-        return batched(fn, nb)
+        return fn
 
-    def solves(fn: Callable, lead: int, *args: Any) -> Any:
-        """``fn`` (triangular solves) over the ``lead`` leading axes: batched, except on a CPU,
-        where one block at a time (jaxlib's batched CPU solves wait on the XLA thread pool and
-        deadlock when several run at once, as its batched eigh / QR do; seen on 2 cores)."""
+    def solves(fn: Callable, *args: Any) -> Any:
+        """``fn`` (triangular solves) over one batch axis: batched, except on a CPU, where one
+        block at a time (jaxlib's batched CPU solves wait on the XLA thread pool and deadlock
+        when several run at once, as its batched eigh / QR do; seen on 2 cores)."""
         if jax.default_backend() == "cpu":
-            return one_matrix_at_a_time(fn, lead, *args)
-        return batched(fn, lead)(*args)
+            return one_matrix_at_a_time(fn, 1, *args)
+        return jax.vmap(fn)(*args)
 
     def blocked(x: jax.Array, lay: BlockLayout, nb: int) -> jax.Array:
         return batched(lambda y: to_blocks(y.reshape(lay.shape), lay), nb)(x)
@@ -286,7 +295,7 @@ def scale_by_kron(
             count=jnp.zeros([], jnp.int32),
             key=jax.random.PRNGKey(seed),
             mu=otu.tree_zeros_like(params, dtype=mu_dtype) if b1 > 0 else None,
-            preconditioners=factors,
+            preconditioners=shard_state(factors),
             update_counter=jnp.zeros([], jnp.int32),
             balance_counter=jnp.zeros([], jnp.int32),
         )
@@ -304,6 +313,7 @@ def scale_by_kron(
             momentum = otu.tree_bias_correction(mu, b1, count)
         leaves, treedef = jax.tree.flatten(momentum)
         blocks = [blocked(g, lay, nb) for g, lay, nb in zip(leaves, ls, batch, strict=True)]
+        leads = [nb + 1 for nb in batch]
         fit = functools.partial(fit_factors, lr=preconditioner_lr)
 
         def fit_all(qs_all: list[Factors], balance_counter: jax.Array) -> tuple[list[Factors], jax.Array]:
@@ -312,19 +322,21 @@ def scale_by_kron(
                 rebalance = balance_counter >= BALANCE_EVERY
                 qs_all = jax.lax.cond(
                     rebalance,
-                    lambda qs: [per_block(balance, nb)(q) for q, nb in zip(qs, batch, strict=True)],
+                    lambda qs: [batched(balance, nb + 1)(q) for q, nb in zip(qs, batch, strict=True)],
                     lambda qs: qs,
                     qs_all,
                 )
                 keys = jax.random.split(probe_key, len(blocks))
                 damp = jnp.sqrt(jnp.finfo(jnp.float32).eps)
-                new = []
-                for g, q, k, nb in zip(blocks, qs_all, keys, batch, strict=True):
+                items = []
+                for g, q, k in zip(blocks, qs_all, keys, strict=True):
                     v = jax.random.normal(k, g.shape, g.dtype)
-                    g = g + damp.astype(g.dtype) * jnp.mean(jnp.abs(g)) * v
-                    b = solves(conjugate_probe, nb + 1, q, v)
-                    new.append(per_block(fit, nb, mapped=True)(q, g, b))
-            return otu.tree_cast(new, precond_dtype), jnp.where(rebalance, 0, balance_counter)
+                    items.append((q, g + damp.astype(g.dtype) * jnp.mean(jnp.abs(g)) * v, v))
+                fit_blocks = lambda item: per_block(fit)(
+                    item[0], item[1], solves(conjugate_probe, item[0], item[2])
+                )
+                new = spread_blocks(fit_blocks, items, leads)
+            return shard_state(otu.tree_cast(new, precond_dtype)), jnp.where(rebalance, 0, balance_counter)
 
         update_counter = optax.safe_int32_increment(state.update_counter)
         prob = update_probability(count, preconditioner_update_probability, update_prob_flat_start)
@@ -334,8 +346,10 @@ def scale_by_kron(
         )
         outs = []
         with jax.default_matmul_precision(precond_grads_precision):
-            for x, g, q, lay, nb in zip(jax.tree.leaves(updates), blocks, qs_all, ls, batch, strict=True):
-                out = per_block(precondition, nb, mapped=True)(q, g)
+            preconditioned = spread_blocks(
+                lambda item: per_block(precondition)(*item), list(zip(qs_all, blocks, strict=True)), leads
+            )
+            for x, out, lay, nb in zip(jax.tree.leaves(updates), preconditioned, ls, batch, strict=True):
                 out = batched(lambda y, lay=lay: from_blocks(y, lay), nb)(out)
                 outs.append(out.reshape(x.shape).astype(x.dtype))
         return jax.tree.unflatten(treedef, outs), ScaleByKronState(

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from marin_optim.labels import MatrixAxes, ParamLabeler, raw_array, restore_layout
+from marin_optim.transforms.distributed import shard_state
 from marin_optim.transforms.newton_schulz import (
     NewtonSchulzCoefficients,
     map_orthogonalized,
@@ -201,7 +202,7 @@ def scale_by_normuon(
 
         return ScaleByNorMuonState(
             momentum=_zeros_like(params, mu_dtype),
-            neuron_second_moment=map_with_axes(v0, axes_fn(params), params),
+            neuron_second_moment=shard_state(map_with_axes(v0, axes_fn(params), params)),
         )
 
     def update_fn(updates, state, params=None):
@@ -231,7 +232,7 @@ def scale_by_normuon(
         is_pair = lambda x: isinstance(x, _Pair)
         out = jax.tree.map(lambda p: p.update if is_pair(p) else p, pairs, is_leaf=is_pair)
         v_tree = jax.tree.map(lambda p: p.second if is_pair(p) else p, pairs, is_leaf=is_pair)
-        return out, ScaleByNorMuonState(momentum=buffers, neuron_second_moment=v_tree)
+        return out, ScaleByNorMuonState(momentum=buffers, neuron_second_moment=shard_state(v_tree))
 
     return optax.GradientTransformation(init_fn, update_fn)
 

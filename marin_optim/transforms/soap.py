@@ -37,17 +37,18 @@ import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
-from marin_optim.errors import ConfigError
 from marin_optim.transforms.blocks import (
     BlockLayout,
     batched,
     block_layout,
     from_blocks,
+    layout_error,
     one_matrix_at_a_time,
     padding_problem,
     stacked_leaves,
     to_blocks,
 )
+from marin_optim.transforms.distributed import shard_state, spread_blocks
 
 HIGHEST = jax.lax.Precision.HIGHEST
 Factors = tuple[jax.Array | None, ...]
@@ -205,15 +206,16 @@ def scale_by_soap(
                 target_merged_dim_size=target_merged_dim_size,
                 block_size=block_size,
             )
-            name = lambda i=i: jax.tree_util.keystr(jax.tree_util.tree_leaves_with_path(params)[i][0])
             problem = padding_problem(layout, block_size)
             if problem:
-                raise ConfigError(f"soap: parameter {name()} of shape {tuple(x.shape)} {problem}")
+                raise layout_error("soap", params, i, problem)
             if len(layout.block_shape) == 1 and layout.block_shape[0] >= max_precond_dim:
-                raise ConfigError(
-                    f"soap: parameter {name()} of shape {tuple(x.shape)} would get a "
-                    f"{layout.block_shape[0]}x{layout.block_shape[0]} rotation, over "
-                    f"max_precond_dim={max_precond_dim}; set partition_grads_into_blocks: true"
+                raise layout_error(
+                    "soap",
+                    params,
+                    i,
+                    f"would get a {layout.block_shape[0]}x{layout.block_shape[0]} rotation, over "
+                    f"max_precond_dim={max_precond_dim}; set partition_grads_into_blocks: true",
                 )
             out.append(layout)
         return out, batch
@@ -232,8 +234,10 @@ def scale_by_soap(
             count=jnp.zeros([], jnp.int32),
             mu=otu.tree_zeros_like(params, dtype=mu_dtype),
             nu=otu.tree_zeros_like(params, dtype=mu_dtype),
-            factors=factors,
-            bases=[tuple(None if f is None else jnp.zeros_like(f) for f in fs) for fs in factors],
+            factors=shard_state(factors),
+            bases=shard_state(
+                [tuple(None if f is None else jnp.zeros_like(f) for f in fs) for fs in factors]
+            ),
         )
 
     def update_fn(updates, state, params=None):
@@ -247,18 +251,23 @@ def scale_by_soap(
         def unblocked(x, lay, nb):
             return batched(lambda y: from_blocks(y, lay), nb)(x)
 
+        def fill(item):  # one batch axis of blocks: the first factors and their bases
+            b, fs = item
+            fs = jax.vmap(lambda b, f: accumulate_factors(b, f, shampoo_beta))(b, fs)
+            return fs, one_matrix_at_a_time(lambda f: eigenbases(f, eps), 1, fs)
+
+        leads = [nb + 1 for nb in batch]
+
         def first_step():
-            factors, bases = [], []
-            for lay, nb, g, fs in zip(ls, batch, grads, state.factors, strict=True):
-                fs = batched(jax.vmap(lambda b, f: accumulate_factors(b, f, shampoo_beta)), nb)(
-                    blocked(g, lay, nb), fs
-                )
-                factors.append(fs)
-                bases.append(one_matrix_at_a_time(lambda f: eigenbases(f, eps), nb + 1, fs))
+            items = [
+                (blocked(g, lay, nb), fs)
+                for lay, nb, g, fs in zip(ls, batch, grads, state.factors, strict=True)
+            ]
+            factors, bases = zip(*spread_blocks(fill, items, leads), strict=True) if items else ((), ())
             return otu.tree_zeros_like(updates), state._replace(
                 count=count,
-                factors=otu.tree_cast_like(factors, state.factors),
-                bases=otu.tree_cast_like(bases, state.bases),
+                factors=shard_state(otu.tree_cast_like(list(factors), state.factors)),
+                bases=shard_state(otu.tree_cast_like(list(bases), state.bases)),
             )
 
         def later_step():
@@ -270,7 +279,19 @@ def scale_by_soap(
                 v = (1 - b2) * rotate(g, qs) ** 2 + b2 * v
                 return rotate_back(rotate(m, qs) / (jnp.sqrt(v) + eps), qs), v
 
-            outs, new_nu, new_f, new_q = [], [], [], []
+            def step(item):  # one batch axis of blocks
+                g, m, v, fs, qs, refresh = item
+                u, v = jax.vmap(block_step)(g, m, v, qs)
+                new_fs = jax.vmap(lambda b, f: accumulate_factors(b, f, shampoo_beta))(g, fs)
+                if any(f is not None for f in fs):  # the refresh uses the factors from before g
+                    qs, v = jax.lax.cond(
+                        refresh[0],
+                        lambda: one_matrix_at_a_time(power_iteration, 1, fs, qs, v),
+                        lambda: (qs, v),
+                    )
+                return u, v, new_fs, qs
+
+            items = []
             for lay, nb, g, m, v, fs, qs in zip(
                 ls,
                 batch,
@@ -282,26 +303,21 @@ def scale_by_soap(
                 strict=True,
             ):
                 g, m, v = (blocked(x, lay, nb) for x in (g, m, v))
-                u, v = batched(jax.vmap(block_step), nb)(g, m, v, qs)
-                new_fs = batched(jax.vmap(lambda b, f: accumulate_factors(b, f, shampoo_beta)), nb)(g, fs)
-                if any(f is not None for f in fs):  # the refresh uses the factors from before g
-                    qs, v = jax.lax.cond(
-                        refresh,
-                        lambda fs=fs, qs=qs, v=v, nb=nb: one_matrix_at_a_time(
-                            power_iteration, nb + 1, fs, qs, v
-                        ),
-                        lambda qs=qs, v=v: (qs, v),
-                    )
+                items.append((g, m, v, fs, qs, jnp.broadcast_to(refresh, g.shape[: nb + 1])))
+            outs, new_nu, new_f, new_q = [], [], [], []
+            for (u, v, fs, qs), lay, nb, g in zip(
+                spread_blocks(step, items, leads), ls, batch, grads, strict=True
+            ):
                 outs.append((unblocked(u, lay, nb) * bc).astype(g.dtype))
                 new_nu.append(unblocked(v, lay, nb))
-                new_f.append(new_fs)
+                new_f.append(fs)
                 new_q.append(qs)
             return jax.tree.unflatten(treedef, outs), ScaleBySoapState(
                 count=count,
                 mu=otu.tree_cast_like(mu, state.mu),
                 nu=otu.tree_cast_like(jax.tree.unflatten(treedef, new_nu), state.nu),
-                factors=otu.tree_cast_like(new_f, state.factors),
-                bases=otu.tree_cast_like(new_q, state.bases),
+                factors=shard_state(otu.tree_cast_like(new_f, state.factors)),
+                bases=shard_state(otu.tree_cast_like(new_q, state.bases)),
             )
 
         return jax.lax.cond(count == 1, first_step, later_step)
