@@ -11,19 +11,21 @@ back.
 :func:`on_owners` is that primitive: a function of a batch of independent items runs under
 ``jax.shard_map`` with the batch divided over every axis of the mesh in context (``jax.set_mesh``,
 which haliax's ``set_mesh`` and both trainers use), padded with copies of its last item to a
-multiple of the device count. XLA moves each item to its owner (an all-to-all) and the results
-back. Each device computes ``ceil(k / N)`` of ``k`` items: ``total / N`` when the count divides,
-never more than one extra. :func:`spread_matrices` stacks a tree's matrices by shape into such
-batches (Newton–Schulz, Dion's QR); SOAP and Kron hand it their blocks. Without a mesh, or on
-one device, ``fn`` runs as it is. The numbers are the same either way: a step on an item does not
-depend on where it runs.
+multiple of the device count. XLA moves each item to its owner (an all-to-all) and gathers the
+results. Each device computes ``ceil(k / N)`` of ``k`` items: ``total / N`` when the count
+divides, never more than one extra. :func:`spread_matrices` stacks every leaf's matrices of one
+shape into such a batch (Newton–Schulz, Dion's step); :func:`spread_blocks` does the same with
+SOAP's and Kron's blocks. Without a mesh, or on one device, ``fn`` runs as it is. The numbers are
+the same either way: a step on an item does not depend on where it runs.
 
 The state that is not shaped like a parameter (SOAP's and Kron's per-block matrices, Dion's
-``Q``, NorMuon's per-neuron moment) is kept divided too: :func:`state_spec` shards such an array
+``Q``, NorMuon's per-neuron moment) is kept divided too: :func:`state_spec` places such an array
 along its first axis that the device count divides (the batch of blocks when it does, else a
-matrix's rows), both trainers' rule for plain arrays (:func:`shard_state` inside the transforms,
-``marin_optim.speedrun.mesh.sharding_tree`` at rest). An array no axis of which divides stays
-replicated; :func:`undivided_state` names those for the run header.
+matrix's rows). The speedrun's trainer places plain arrays by it at rest
+(``marin_optim.speedrun.mesh.sharding_tree``) and the transforms constrain the state they make
+to it (:func:`shard_state`); a trainer that places plain arrays itself (Levanter's keeps them
+whole) keeps its own placement at rest. An array no axis of which divides stays whole on every
+device; :func:`undivided_state` names those for the run header.
 """
 
 from __future__ import annotations
