@@ -197,16 +197,16 @@ def batched(fn: Callable, batch: int) -> Callable:
     return fn
 
 
-def one_matrix_at_a_time(fn: Callable, lead: int, *args: Any) -> Any:
-    """``fn`` over the ``lead`` leading axes of every array in ``args``, one slice after another.
+def per_matrix(fn: Callable, *args: Any) -> Any:
+    """``fn`` over the leading (batch) axis of every array in ``args``: batched (``vmap``), except
+    on a CPU, where one matrix after another (``lax.map``).
 
-    Eigendecompositions and QR run this way rather than batched: jaxlib's CPU kernels split a
-    batch over the XLA thread pool and wait for it there, which deadlocks when as many batched
-    kernels as pool threads run at once (seen on a 2-core host, Levanter's SOAP included)."""
-    shapes = [x.shape[:lead] for x in jax.tree.leaves(args)]
-    if not shapes:  # nothing rotated
+    Eigendecompositions, QR and triangular solves go through it: jaxlib's batched CPU kernels
+    split a batch over the XLA thread pool and wait for it there, which deadlocks when as many
+    batched kernels as pool threads run at once (seen on a 2-core host, Levanter's SOAP
+    included). Accelerators' batched kernels have no such wait."""
+    if not jax.tree.leaves(args):  # nothing to map (a leaf without rotations)
         return fn(*args)
-    flat = jax.tree.map(lambda x: x.reshape((-1, *x.shape[lead:])), args)
-    out = jax.lax.map(lambda a: fn(*a), flat)
-    lead_shape = shapes[0]
-    return jax.tree.map(lambda x: x.reshape((*lead_shape, *x.shape[1:])), out)
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(lambda a: fn(*a), args)
+    return jax.vmap(fn)(*args)

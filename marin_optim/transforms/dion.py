@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import optax
 
 from marin_optim.labels import MatrixAxes, ParamLabeler, raw_array, restore_layout
-from marin_optim.transforms.blocks import one_matrix_at_a_time
-from marin_optim.transforms.distributed import shard_state, spread_matrices
-from marin_optim.transforms.newton_schulz import map_with_axes, require_matrix
+from marin_optim.transforms.blocks import per_matrix
+from marin_optim.transforms.distributed import shard_state
+from marin_optim.transforms.newton_schulz import map_orthogonalized, map_with_axes, require_matrix
 
 PyTree = Any
 
@@ -95,22 +95,15 @@ def scale_by_dion(
 
     def update_fn(updates, state, params=None):
         del params
-        views = axes_fn(updates)
-        batches: list[tuple[jax.Array, jax.Array, jax.Array]] = []
 
-        def collect(view: MatrixAxes | None, g: Any, buf: Any, q: jax.Array) -> None:
-            view = require_matrix(view, "scale_by_dion")
+        def item(view: MatrixAxes, g: Any, buf: Any, q: jax.Array) -> tuple[jax.Array, ...]:
             m, n = view.fan_out_size, view.fan_in_size
             b = view.to_matrices(raw_array(buf).astype(jnp.float32) + raw_array(g).astype(jnp.float32))
             scale = jnp.full((b.shape[0],), math.sqrt(m / n), jnp.float32)
-            batches.append((b if m >= n else b.mT, q, scale))
+            return b if m >= n else b.mT, q, scale
 
-        map_with_axes(collect, views, updates, state.momentum, state.q)
-        step = lambda item: dion_step(*item, momentum=momentum, eps=eps)
-        results = iter(spread_matrices(step, batches, transposable=False))
-
-        def one(view: MatrixAxes, g: Any, buf: Any, q: jax.Array) -> _Triple:
-            direction, new_buf, q_next = next(results)
+        def one(view: MatrixAxes, result: tuple[jax.Array, ...], g: Any, buf: Any, q: jax.Array) -> _Triple:
+            direction, new_buf, q_next = result
             if view.fan_out_size < view.fan_in_size:
                 direction, new_buf = direction.mT, new_buf.mT
             return _Triple(
@@ -119,7 +112,18 @@ def scale_by_dion(
                 q_next,
             )
 
-        triples = map_with_axes(one, views, updates, state.momentum, state.q)
+        step = lambda item: dion_step(*item, momentum=momentum, eps=eps)
+        triples = map_orthogonalized(
+            one,
+            step,
+            axes_fn(updates),
+            updates,
+            state.momentum,
+            state.q,
+            who="scale_by_dion",
+            item=item,
+            transposable=False,
+        )
         is_triple = lambda x: isinstance(x, _Triple)
         pick = lambda i: jax.tree.map(lambda t: t[i] if is_triple(t) else t, triples, is_leaf=is_triple)
         return pick(0), ScaleByDionState(momentum=pick(1), q=shard_state(pick(2)))
@@ -143,14 +147,9 @@ def dion_step(
 
 
 def orthonormal_columns(p: jax.Array) -> jax.Array:
-    """Orthonormal bases of the columns of ``(batch, k, r)`` matrices by reduced QR, in float32:
-    batched, except on a CPU, where one matrix at a time (jaxlib's batched CPU QR waits on the
-    XLA thread pool and deadlocks when several run at once; seen on 2 cores)."""
-    qr = lambda x: jnp.linalg.qr(x, mode="reduced")[0]
-    p = p.astype(jnp.float32)
-    if jax.default_backend() == "cpu":
-        return one_matrix_at_a_time(qr, 1, p)
-    return qr(p)
+    """Orthonormal bases of the columns of ``(batch, k, r)`` matrices by reduced QR, in float32
+    (:func:`~marin_optim.transforms.blocks.per_matrix`)."""
+    return per_matrix(lambda x: jnp.linalg.qr(x, mode="reduced")[0], p.astype(jnp.float32))
 
 
 class _Triple:

@@ -11,12 +11,13 @@ back.
 :func:`on_owners` is that primitive: a function of a batch of independent items runs under
 ``jax.shard_map`` with the batch divided over every axis of the mesh in context (``jax.set_mesh``,
 which haliax's ``set_mesh`` and both trainers use), padded with copies of its last item to a
-multiple of the device count. XLA moves each item to its owner (an all-to-all) and gathers the
-results. Each device computes ``ceil(k / N)`` of ``k`` items: ``total / N`` when the count
-divides, never more than one extra. :func:`spread_matrices` stacks every leaf's matrices of one
-shape into such a batch (Newton–Schulz, Dion's step); :func:`spread_blocks` does the same with
-SOAP's and Kron's blocks. Without a mesh, or on one device, ``fn`` runs as it is. The numbers are
-the same either way: a step on an item does not depend on where it runs.
+multiple of the device count. An all-to-all moves each item to its owner and one moves each
+result back to the devices that hold its parameter's pieces (:func:`divided_inside`). Each device computes
+``ceil(k / N)`` of ``k`` items: ``total / N`` when the count divides, never more than one extra.
+:func:`spread_matrices` stacks every leaf's matrices of one shape into such a batch
+(Newton–Schulz, Dion's step); :func:`spread_blocks` does the same with SOAP's and Kron's blocks.
+Without a mesh, or on one device, ``fn`` runs as it is. The numbers are the same either way: a
+step on an item does not depend on where it runs.
 
 The state that is not shaped like a parameter (SOAP's and Kron's per-block matrices, Dion's
 ``Q``, NorMuon's per-neuron moment) is kept divided too: :func:`state_spec` places such an array
@@ -58,6 +59,12 @@ def on_owners(fn: Callable[..., Any], lead: int, *args: Any) -> Any:
     Every array in ``args`` (any pytree) starts with the same ``lead`` batch axes; ``fn`` takes
     them flattened into one batch axis, maps each item independently (vmapped, or one at a time)
     and returns arrays with that batch axis first. The outputs get the ``lead`` axes back.
+
+    Inputs and outputs are stacks laid out by :func:`divided_inside`; inside ``jax.shard_map``
+    one all-to-all per array takes each device's share of the items to it, and one brings the
+    results back (an all-gather for a stack too small to divide). Written out rather than left to
+    XLA's SPMD partitioner (sharding constraints on both sides of the ``shard_map``): the same
+    moves, with 6 to 14% fewer bytes accessed per device on 8 devices (benchmarks/sharded_step.py).
     """
     leaves, treedef = jax.tree.flatten(args)
     if not leaves:
@@ -69,16 +76,61 @@ def on_owners(fn: Callable[..., Any], lead: int, *args: Any) -> Any:
     if devices <= 1 or k <= 1:
         out = fn(*jax.tree.unflatten(treedef, flat))
         return jax.tree.map(lambda y: y.reshape((*lead_shape, *y.shape[1:])), out)
+    flat = [divided_inside(x) for x in flat]
     pad = -k % devices
     if pad:  # copies of the last item: a valid input for any fn, dropped afterwards
         flat = [jnp.concatenate([x, jnp.broadcast_to(x[-1:], (pad, *x.shape[1:]))]) for x in flat]
-    spec = PartitionSpec(axes)
-    out = jax.shard_map(
-        lambda *xs: fn(*jax.tree.unflatten(treedef, xs)), in_specs=spec, out_specs=spec, check_vma=False
-    )(*flat)
-    if pad:  # gathered before the padding is cut off (the slice bug of :func:`spread_matrices`)
-        out = jax.tree.map(lambda y: jax.lax.with_sharding_constraint(y, PartitionSpec())[:k], out)
+    share = (k + pad) // devices
+    in_specs = [_inside_spec(x.shape[1:], devices, axes) for x in flat]
+    items = [jax.ShapeDtypeStruct((share, *x.shape[1:]), x.dtype) for x in flat]
+    out_shapes = jax.eval_shape(lambda *xs: fn(*jax.tree.unflatten(treedef, xs)), *items)
+    out_specs = jax.tree.map(lambda y: _inside_spec(y.shape[1:], devices, axes), out_shapes)
+
+    def body(*xs: jax.Array) -> Any:
+        mine = [_to_owners(x, spec, axes, share) for x, spec in zip(xs, in_specs, strict=True)]
+        out = fn(*jax.tree.unflatten(treedef, mine))
+        return jax.tree.map(lambda y, spec: _from_owners(y, spec, axes), out, out_specs)
+
+    out = jax.shard_map(body, in_specs=tuple(in_specs), out_specs=out_specs, check_vma=False)(*flat)
+    if pad:
+        out = jax.tree.map(lambda y: y[:k], out)
     return jax.tree.map(lambda y: y.reshape((*lead_shape, *y.shape[1:])), out)
+
+
+def _inside_spec(item_shape: Sequence[int], devices: int, axes: tuple[str, ...]) -> PartitionSpec:
+    return PartitionSpec(None, *state_spec(item_shape, devices, axes))
+
+
+def _divided_axis(spec: PartitionSpec) -> int | None:
+    return next((i for i, a in enumerate(spec) if a is not None), None)
+
+
+def _to_owners(x: jax.Array, spec: PartitionSpec, axes: tuple[str, ...], share: int) -> jax.Array:
+    """This device's ``share`` items, whole, from the stack laid out by ``spec`` (inside shard_map)."""
+    axis = _divided_axis(spec)
+    if axis is None:  # the whole stack is here: take this device's items
+        return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(axes) * share, share)
+    return jax.lax.all_to_all(x, axes, 0, axis, tiled=True)
+
+
+def _from_owners(y: jax.Array, spec: PartitionSpec, axes: tuple[str, ...]) -> jax.Array:
+    """This device's results sent back into the stack laid out by ``spec`` (inside shard_map)."""
+    axis = _divided_axis(spec)
+    if axis is None:
+        return jax.lax.all_gather(y, axes, axis=0, tiled=True)
+    return jax.lax.all_to_all(y, axes, axis, 0, tiled=True)
+
+
+def divided_inside(y: jax.Array) -> jax.Array:
+    """A stack of items (one batch axis first) laid out to be cut or joined along that axis without
+    moving anything: the batch axis whole and an inner axis divided over the devices
+    (:func:`state_spec` of an item's shape), or the whole stack on every device when no inner axis
+    divides. Between this layout and the owners' (the batch divided) ``1 / N`` of the stack moves
+    into each device (an all-to-all, :func:`on_owners`). Cutting or joining the batch axis while it
+    is divided instead makes each device gather the whole stack, and can make XLA's SPMD
+    partitioner emit an invalid slice (seen in Levanter's trainer, data 4 x model 2)."""
+    devices, axes = mesh_devices()
+    return jax.lax.with_sharding_constraint(y, _inside_spec(y.shape[1:], devices, axes))
 
 
 def _is_wide(x: jax.Array) -> bool:
@@ -110,13 +162,10 @@ def spread_matrices(
     for members in groups.values():
         sizes = [jax.tree.leaves(parts[i])[0].shape[0] for i in members]
         stack = jax.tree.map(
-            lambda *xs: jnp.concatenate(xs) if len(xs) > 1 else xs[0], *[parts[i] for i in members]
+            lambda *xs: jnp.concatenate([divided_inside(x) for x in xs]) if len(xs) > 1 else xs[0],
+            *[parts[i] for i in members],
         )
-        result = on_owners(fn, 1, stack)
-        if len(members) > 1:
-            # gathered before it is cut into the members' pieces: XLA's SPMD partitioner can emit
-            # an invalid slice of the sharded batch (seen in Levanter's trainer, data 4 x model 2)
-            result = jax.tree.map(lambda y: jax.lax.with_sharding_constraint(y, PartitionSpec()), result)
+        result = on_owners(fn, 1, stack)  # laid out to be cut into the members' pieces
         start = 0
         for i, size in zip(members, sizes, strict=True):
             piece = jax.tree.map(lambda y, start=start, size=size: y[start : start + size], result)

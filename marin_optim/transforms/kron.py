@@ -49,8 +49,8 @@ from marin_optim.transforms.blocks import (
     block_layout,
     from_blocks,
     layout_error,
-    one_matrix_at_a_time,
     padding_problem,
+    per_matrix,
     stacked_leaves,
     to_blocks,
 )
@@ -271,14 +271,6 @@ def scale_by_kron(
             return lambda *xs: jax.lax.map(lambda a: fn(*a), xs, batch_size=size)
         return fn
 
-    def solves(fn: Callable, *args: Any) -> Any:
-        """``fn`` (triangular solves) over one batch axis: batched, except on a CPU, where one
-        block at a time (jaxlib's batched CPU solves wait on the XLA thread pool and deadlock
-        when several run at once, as its batched eigh / QR do; seen on 2 cores)."""
-        if jax.default_backend() == "cpu":
-            return one_matrix_at_a_time(fn, 1, *args)
-        return jax.vmap(fn)(*args)
-
     def blocked(x: jax.Array, lay: BlockLayout, nb: int) -> jax.Array:
         return batched(lambda y: to_blocks(y.reshape(lay.shape), lay), nb)(x)
 
@@ -333,7 +325,7 @@ def scale_by_kron(
                     v = jax.random.normal(k, g.shape, g.dtype)
                     items.append((q, g + damp.astype(g.dtype) * jnp.mean(jnp.abs(g)) * v, v))
                 fit_blocks = lambda item: per_block(fit)(
-                    item[0], item[1], solves(conjugate_probe, item[0], item[2])
+                    item[0], item[1], per_matrix(conjugate_probe, item[0], item[2])
                 )
                 new = spread_blocks(fit_blocks, items, leads)
             return shard_state(otu.tree_cast(new, precond_dtype)), jnp.where(rebalance, 0, balance_counter)

@@ -239,26 +239,36 @@ def map_with_axes(fn: Callable[..., Any], axes_tree: PyTree, *trees: PyTree) -> 
 
 def map_orthogonalized(
     one: Callable[..., Any],
-    ns: Callable[[jax.Array], jax.Array],
+    ns: Callable[[Any], Any],
     axes_tree: PyTree,
     first: PyTree,
     *rest: PyTree,
     who: str,
     dtype: Any = None,
+    item: Callable[..., Any] | None = None,
+    transposable: bool = True,
 ) -> PyTree:
     """``map_with_axes(lambda view, x, *r: one(view, ns(X), x, *r), axes_tree, first, *rest)``
     with ``X`` the leaf ``x`` of ``first`` as ``(num_matrices, fan_out, fan_in)`` (cast to
     ``dtype`` if given), and every ``ns`` call of the tree made at once, divided over the devices
     of the mesh in context (:func:`~marin_optim.transforms.distributed.spread_matrices`). Every
-    leaf must have a matrix view (``who`` names the caller in the error)."""
-    batches: list[jax.Array] = []
+    leaf must have a matrix view (``who`` names the caller in the error).
 
-    def collect(view: MatrixAxes | None, x: Any, *_: Any) -> None:
-        matrices = require_matrix(view, who).to_matrices(raw_array(x))
-        batches.append(matrices if dtype is None else matrices.astype(dtype))
+    ``item(view, x, *r)``, if given, makes ``X`` instead: a batch, or a tuple of batches sharing
+    the first axis (a matrix with its optimizer's factors, as Dion's step takes); ``transposable``
+    says ``ns`` commutes with transposing each matrix (true of Newton–Schulz; pass ``False``
+    when ``ns`` takes tuples or is not)."""
+    batches: list[Any] = []
 
-    map_with_axes(collect, axes_tree, first, *rest)
-    results = iter(spread_matrices(ns, batches))
+    def as_matrices(view: MatrixAxes, x: Any, *_: Any) -> jax.Array:
+        matrices = view.to_matrices(raw_array(x))
+        return matrices if dtype is None else matrices.astype(dtype)
+
+    make = item or as_matrices
+    map_with_axes(
+        lambda view, *xs: batches.append(make(require_matrix(view, who), *xs)), axes_tree, first, *rest
+    )
+    results = iter(spread_matrices(ns, batches, transposable=transposable))
     return map_with_axes(lambda view, x, *r: one(view, next(results), x, *r), axes_tree, first, *rest)
 
 

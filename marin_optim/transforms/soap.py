@@ -43,8 +43,8 @@ from marin_optim.transforms.blocks import (
     block_layout,
     from_blocks,
     layout_error,
-    one_matrix_at_a_time,
     padding_problem,
+    per_matrix,
     stacked_leaves,
     to_blocks,
 )
@@ -254,7 +254,7 @@ def scale_by_soap(
         def fill(item):  # one batch axis of blocks: the first factors and their bases
             b, fs = item
             fs = jax.vmap(lambda b, f: accumulate_factors(b, f, shampoo_beta))(b, fs)
-            return fs, one_matrix_at_a_time(lambda f: eigenbases(f, eps), 1, fs)
+            return fs, per_matrix(lambda f: eigenbases(f, eps), fs)
 
         leads = [nb + 1 for nb in batch]
 
@@ -286,7 +286,7 @@ def scale_by_soap(
                 if any(f is not None for f in fs):  # the refresh uses the factors from before g
                     qs, v = jax.lax.cond(
                         refresh[0],
-                        lambda: one_matrix_at_a_time(power_iteration, 1, fs, qs, v),
+                        lambda: per_matrix(power_iteration, fs, qs, v),
                         lambda: (qs, v),
                     )
                 return u, v, new_fs, qs
