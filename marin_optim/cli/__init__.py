@@ -1,4 +1,4 @@
-"""``marin-optim``: list, show, schedule, params, speedrun, compare, levanter.
+"""``marin-optim``: list, show, schedule, params, speedrun, compare, sweep, levanter.
 
 Every verb takes draccus-style input: ``--config_path file.yaml`` plus dotted overrides
 (``--optimizer.type lion --optimizer.beta2 0.98``). Bad input prints one line and exits 2.
@@ -15,13 +15,21 @@ from pathlib import Path
 
 from marin_optim.cli.info import cmd_levanter, cmd_list, cmd_schedule, cmd_show
 from marin_optim.cli.parsing import PROG, check_keys, one_line, parse_config, run_guarded, split_options
-from marin_optim.cli.training import TRAINING_VERBS, compare_main, params_main, run_script, speedrun_main
+from marin_optim.cli.training import (
+    TRAINING_VERBS,
+    compare_main,
+    params_main,
+    run_script,
+    speedrun_main,
+    sweep_main,
+)
 from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError, did_you_mean
 
 VERBS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "speedrun": (speedrun_main, "train the speedrun model with any optimizer (default: a 2-core CPU run)"),
     "compare": (compare_main, "the same speedrun for several optimizers, one table and one plot"),
+    "sweep": (sweep_main, "tune optimizers by coordinate descent; speedup over tuned AdamW"),
     "list": (cmd_list, "every optimizer and LR schedule with a one-line description"),
     "show": (cmd_show, "fields, types, defaults and docs of one optimizer or schedule"),
     "schedule": (cmd_schedule, "LR and weight decay at the key steps (--plot lr.png for the curve)"),

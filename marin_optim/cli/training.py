@@ -1,7 +1,7 @@
-"""The training verbs: ``speedrun``, ``compare``, ``params``, and ``run_script`` for speedrun scripts.
+"""The training verbs: ``speedrun``, ``compare``, ``sweep``, ``params``; ``run_script`` for scripts.
 
 Each takes speedrun options (``--config_path file.yaml`` and dotted overrides such as
-``--train.num_train_steps 100``). ``speedrun`` and ``compare`` set up the process first
+``--train.num_train_steps 100``). ``speedrun``, ``compare`` and ``sweep`` set up the process first
 (:func:`marin_optim.runtime.setup_process`).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from marin_optim.cli.parsing import PROG, parse_config, run_guarded, split_options, wants_help
 from marin_optim.errors import ConfigError
 
-TRAINING_VERBS = ("speedrun", "compare")
+TRAINING_VERBS = ("speedrun", "compare", "sweep")
 """Verbs that train (and so set up the process, re-executing a program for huge pages)."""
 
 
@@ -37,6 +37,8 @@ def _print_help(verb: str) -> None:
             "  e.g. marin-optim compare adamw lion:learning_rate=3e-4 --train.num_train_steps 200\n"
             "--optimizer.FIELD VALUE applies to every optimizer; speedrun options follow:\n"
         )
+    if verb == "sweep":
+        print(SWEEP_USAGE)
     try:
         draccus.parse(config_class=SpeedrunConfig, args=["--help"], prog=f"{PROG} speedrun")
     except SystemExit:
@@ -124,29 +126,38 @@ def run_script(config: Any, argv: Sequence[str] | None = None) -> int:
     return _training("speedrun", body, program=program)
 
 
-def split_compare_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str], dict[str, str], list[str]]:
-    """``(optimizer specs, compare options, shared --optimizer.* overrides, speedrun argv)``."""
+def split_optimizers_argv(
+    verb: str, argv: Sequence[str], own: Sequence[str]
+) -> tuple[list[str], dict[str, list[str]], dict[str, str], list[str]]:
+    """``(optimizer names, the verb's own options, shared --optimizer.* overrides, speedrun argv)``
+    for the verbs that take several optimizers (``compare``, ``sweep``). Each of ``own`` maps to
+    every value it was given, in order."""
     argv = list(argv)
-    specs: list[str] = []
+    names: list[str] = []
     while argv and not argv[0].startswith("--"):
-        specs.append(argv.pop(0))
-    options: dict[str, str] = {}
+        names.append(argv.pop(0))
+    options: dict[str, list[str]] = {}
     shared: dict[str, str] = {}
     rest: list[str] = []
-    what = "optimizer names come first, then --name value options"
-    for key, value in split_options(argv, what=what):
-        if key in ("target_loss", "output_dir"):
-            options[key] = value
+    for key, value in split_options(argv, what="optimizer names come first, then --name value options"):
+        if key in own:
+            options.setdefault(key, []).append(value)
         elif key.startswith("optimizer."):
             field = key[len("optimizer.") :]
             if field == "type":
                 raise ConfigError(
-                    "compare: name the optimizers as arguments (compare adamw lion), not --optimizer.type"
+                    f"{verb}: name the optimizers as arguments ({verb} adamw lion), not --optimizer.type"
                 )
             shared[field] = value
         else:
             rest += [f"--{key}", value]
-    return specs, options, shared, rest
+    return names, options, shared, rest
+
+
+def split_compare_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str], dict[str, str], list[str]]:
+    """``(optimizer specs, compare options, shared --optimizer.* overrides, speedrun argv)``."""
+    specs, options, shared, rest = split_optimizers_argv("compare", argv, ("target_loss", "output_dir"))
+    return specs, {k: v[-1] for k, v in options.items()}, shared, rest
 
 
 def compare_main(argv: list[str]) -> int:
@@ -177,3 +188,100 @@ def compare_main(argv: list[str]) -> int:
         )
 
     return _training("compare", body)
+
+
+SWEEP_USAGE = f"""usage: {PROG} sweep NAME [NAME ...] [--grid [NAME.]FIELD=v1,v2,...]... [--fields F1,F2]
+    [--seeds 3] [--threshold 0.005] [--max_rounds 3] [--lengths 1,2,4] [--baseline adamw|none]
+    [--output_dir runs/sweep] [--workers N | --ray auto|local|ADDRESS] [--force true]
+    [speedrun options]
+
+Tunes every named optimizer by coordinate descent on the speedrun (the learning rate first, then
+warmup, weight decay, betas / momentum, each on a grid around its default; --fields: only these
+fields, in this order), re-runs the best config with --seeds seeds, runs tuned AdamW at --lengths
+times the steps, and writes sweep.md, sweep.json, best/NAME.yaml and plots into --output_dir.
+Interrupted: run the same command again; a trial is never run twice.
+  e.g. marin-optim sweep adamw lion --grid learning_rate=1e-3,3e-3,1e-2 --train.num_train_steps 200
+--optimizer.FIELD VALUE sets a field of every optimizer that has it; speedrun options follow:
+"""
+
+SWEEP_OPTIONS = (
+    "fields",
+    "seeds",
+    "threshold",
+    "max_rounds",
+    "lengths",
+    "baseline",
+    "output_dir",
+    "workers",
+    "ray",
+    "force",
+)
+
+
+def split_sweep_argv(
+    argv: Sequence[str],
+) -> tuple[list[str], dict[str, str], list[str], dict[str, str], list[str]]:
+    """``(optimizer names, sweep options, --grid texts, shared --optimizer.* overrides, speedrun argv)``."""
+    names, options, shared, rest = split_optimizers_argv("sweep", argv, (*SWEEP_OPTIONS, "grid"))
+    grids = options.pop("grid", [])
+    return names, {k: v[-1] for k, v in options.items()}, grids, shared, rest
+
+
+def _number(options: dict[str, str], key: str, kind: type, default: Any) -> Any:
+    if key not in options:
+        return default
+    try:
+        return kind(options[key])
+    except ValueError:
+        raise ConfigError(
+            f"--{key}={options[key]!r}: expected {'an integer' if kind is int else 'a number'}"
+        ) from None
+
+
+def sweep_main(argv: list[str]) -> int:
+    """``marin-optim sweep adamw lion [--grid ...] [sweep options] [speedrun options]``."""
+    if wants_help(argv):
+        _print_help("sweep")
+        return 0
+
+    def body() -> None:
+        import yaml
+
+        from marin_optim.sweep import DEFAULT_OUTPUT_DIR, make_spec, run_sweep
+
+        names, options, grids, shared_raw, rest = split_sweep_argv(argv)
+        if not names:
+            raise ConfigError("sweep: name at least one optimizer, e.g. `marin-optim sweep adamw lion`")
+        lengths_text = options.get("lengths", "1,2,4")
+        try:
+            lengths = tuple(int(x) for x in lengths_text.split(","))
+        except ValueError:
+            raise ConfigError(f"--lengths={lengths_text!r}: expected whole numbers like 1,2,4") from None
+        baseline = options.get("baseline", "adamw")
+        force = str(yaml.safe_load(options.get("force", "false"))).lower()
+        if force not in ("true", "false"):
+            raise ConfigError(f"--force={options['force']!r}: expected true or false")
+        spec = make_spec(
+            names,
+            grids=grids,
+            fields=[f.strip() for f in options["fields"].split(",") if f.strip()]
+            if "fields" in options
+            else None,
+            shared={k: yaml.safe_load(v) for k, v in shared_raw.items()},
+            seeds=_number(options, "seeds", int, 3),
+            threshold=_number(options, "threshold", float, 0.005),
+            max_rounds=_number(options, "max_rounds", int, 3),
+            lengths=lengths,
+            baseline=None if baseline == "none" else baseline,
+        )
+        base = _parse(rest)
+        run_sweep(
+            base,
+            spec,
+            options.get("output_dir", DEFAULT_OUTPUT_DIR),
+            workers=_number(options, "workers", int, 1),
+            ray=options.get("ray"),
+            force=force == "true",
+        )
+
+    return _training("sweep", body)

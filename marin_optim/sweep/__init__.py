@@ -1,0 +1,95 @@
+"""``marin-optim sweep``: every optimizer tuned the same way, then compared with tuned AdamW.
+
+Optimizer speedups shrink once every optimizer, AdamW first, is tuned as carefully as the new
+one (Wen et al., 2025, "Fantastic Pretraining Optimizers and Where to Find Them",
+arXiv:2509.02046). A sweep runs, for each named optimizer, a coordinate descent over its
+hyperparameters on the speedrun (:mod:`.search`, with grids from :mod:`.grids`), re-runs the best
+config with several seeds, runs tuned AdamW at 1x, 2x and 4x the steps, and reports each
+optimizer's final eval loss and its speedup over tuned AdamW (:mod:`.report`). Trials run here,
+in local worker processes, or on Ray (:mod:`.trials`); an interrupted sweep continues from its
+directory's ``trials.jsonl``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from marin_optim.speedrun.config import SpeedrunConfig
+from marin_optim.sweep.grids import parse_grid_option, resolve_grids
+from marin_optim.sweep.report import steps_to_reach, write_report
+from marin_optim.sweep.search import DEFAULT_OUTPUT_DIR, Outcome, SweepSpec, optimizer_specs, run_search
+from marin_optim.sweep.trials import LocalRunner, RayRunner, Runner, Trial, TrialStore
+
+
+def make_spec(
+    optimizers: Sequence[str],
+    *,
+    grids: Sequence[str] = (),
+    fields: Sequence[str] | None = None,
+    shared: dict[str, Any] | None = None,
+    seeds: int = 3,
+    threshold: float = 0.005,
+    max_rounds: int = 3,
+    lengths: Sequence[int] = (1, 2, 4),
+    baseline: str | None = "adamw",
+) -> SweepSpec:
+    """A :class:`SweepSpec` from names, ``--grid`` texts and ``--fields``; everything checked,
+    nothing run.
+
+    The baseline is added to the optimizers when it is not among them (the speedup needs it)."""
+    names = list(dict.fromkeys(optimizers))
+    if baseline is not None and baseline not in names:
+        names.append(baseline)
+    configs = optimizer_specs(names, shared or {})
+    given = [parse_grid_option(g) for g in grids]
+    resolved = resolve_grids(configs, given, fields)
+    explicit = {(label, field) for label in configs for scope, field, _ in given if scope in (None, label)}
+    return SweepSpec(
+        optimizers=configs,
+        grids=resolved,
+        given=frozenset(explicit),
+        seeds=seeds,
+        threshold=threshold,
+        max_rounds=max_rounds,
+        lengths=tuple(lengths),
+        baseline=baseline,
+    )
+
+
+def run_sweep(
+    base: SpeedrunConfig,
+    spec: SweepSpec,
+    output_dir: str | Path = DEFAULT_OUTPUT_DIR,
+    *,
+    workers: int = 1,
+    ray: str | None = None,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Runs (or continues) the sweep ``spec`` on the speedrun ``base`` in ``output_dir`` and
+    writes its report; returns the per-optimizer summary (``sweep.json``'s ``results``)."""
+    root = Path(output_dir)
+    runner: Runner = RayRunner(ray) if ray else LocalRunner(workers)
+    try:
+        store, outcomes = run_search(base, spec, root, runner, log=log, force=force)
+    finally:
+        runner.close()
+    summary = write_report(root, base, spec, store, outcomes)
+    log(f"sweep: wrote {root / 'sweep.md'}, {root / 'sweep.json'}, {root / 'best'}/*.yaml and plots")
+    return summary
+
+
+__all__ = [
+    "DEFAULT_OUTPUT_DIR",
+    "LocalRunner",
+    "Outcome",
+    "RayRunner",
+    "SweepSpec",
+    "Trial",
+    "TrialStore",
+    "make_spec",
+    "run_sweep",
+    "steps_to_reach",
+]

@@ -1,0 +1,279 @@
+"""What a sweep writes: ``sweep.md``, ``sweep.json``, each tuned config as a speedrun YAML, the
+sensitivity plots and the tuned runs' loss curves; and the speedup over tuned AdamW.
+
+Speedup, as Marin's optimizer study measures it: the number of steps tuned AdamW needs to reach
+an optimizer's final eval loss, divided by that optimizer's steps. AdamW's final eval loss is
+measured at every run length of ``lengths`` (1x, 2x, 4x the speedrun's steps, its tuned config,
+each seed) and *interpolated* linearly in ``log(steps)`` between them (a running minimum first, so
+that noise cannot make more steps look worse); nothing is extrapolated: an optimizer whose loss
+AdamW beats at 1x has a speedup below 1 (``< 1``), one that beats AdamW at the longest length a
+speedup beyond it (``> 4``). With several seeds, seed ``i`` of an optimizer is compared with seed
+``i`` of AdamW, and the speedup is the mean and standard deviation over the seeds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from marin_optim.speedrun import results as res
+from marin_optim.speedrun.config import SpeedrunConfig
+from marin_optim.speedrun.plots import Curve, plot_curves
+from marin_optim.sweep.grids import GROWING
+from marin_optim.sweep.search import Outcome, SweepSpec, sweep_definition
+from marin_optim.sweep.trials import TrialStore
+
+METHOD = "AdamW's final eval loss at {lengths} times the steps, interpolated linearly in log(steps)"
+
+
+def steps_to_reach(steps: Sequence[int], losses: Sequence[float], target: float) -> tuple[float, str]:
+    """The steps at which a loss measured at ``steps`` (increasing) reaches ``target``, by linear
+        interpolation in ``log(steps)`` of the running minimum of ``losses`` (between the first
+    measurement that reaches it and the one before). Returns ``(steps, "")``,
+        or ``(steps[0], "<")`` when ``target`` is above the loss at ``steps[0]`` (reached sooner than
+        measured) and ``(steps[-1], ">")`` when it is below the loss at ``steps[-1]``.
+
+        >>> steps_to_reach([100, 200, 400], [3.0, 2.8, 2.7], 2.9)
+        (141.42..., '')
+    """
+    measured = np.asarray(losses, dtype=float)
+    best = np.minimum.accumulate(measured)
+    if not np.all(np.isfinite(measured)):
+        return math.nan, "failed"
+    if target > best[0]:
+        return float(steps[0]), "<"
+    if target < best[-1]:
+        return float(steps[-1]), ">"
+    i = int(np.argmax(best <= target))  # the first measurement that reaches it
+    if i == 0:
+        return float(steps[0]), ""
+    lo, hi = math.log(steps[i - 1]), math.log(steps[i])
+    frac = (best[i - 1] - target) / (best[i - 1] - best[i])
+    return float(math.exp(lo + frac * (hi - lo))), ""
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def summarize(spec: SweepSpec, store: TrialStore, outcomes: Mapping[str, Outcome]) -> dict[str, Any]:
+    """Per optimizer: best config, eval loss over the seeds, speedup over the baseline."""
+    rows = store.rows
+    baseline = outcomes.get(spec.baseline) if spec.baseline else None
+    out: dict[str, Any] = {}
+    for label, o in outcomes.items():
+        losses = [float(rows[t.key]["eval_loss"]) for t in o.seed_trials]
+        failed = [t for t in o.seed_trials if rows[t.key]["status"] != "ok"]
+        trials = [r for r in rows.values() if r["label"] == label]
+        entry: dict[str, Any] = {
+            "best": o.best.to_dict(),
+            "changes": o.changes,
+            "path": o.path,
+            "eval_loss": dict(zip(("mean", "std"), mean_std(losses), strict=True), values=losses),
+            "seeds_failed": len(failed),
+            "trials": len(trials),
+            "trials_failed": sum(r["status"] != "ok" for r in trials),
+            "yaml": f"best/{label}.yaml",
+        }
+        if baseline is not None and not failed:
+            values, bounds = [], []
+            lengths = sorted(baseline.length_trials)
+            for i in range(len(o.seed_trials)):
+                base_losses = [float(rows[baseline.length_trials[n][i].key]["eval_loss"]) for n in lengths]
+                steps, bound = steps_to_reach(lengths, base_losses, losses[i])
+                values.append(steps)
+                bounds.append(bound)
+            mean, std = mean_std(values)
+            bound = next((b for b in bounds if b), "")
+            entry["speedup"] = {
+                "mean": mean,
+                "std": std,
+                "values": values,
+                "bound": bound,
+                "method": METHOD.format(lengths=", ".join(map(str, spec.lengths))),
+            }
+        out[label] = entry
+    return out
+
+
+def _speedup_text(entry: Mapping[str, Any], lengths: Sequence[int]) -> str:
+    s = entry.get("speedup")
+    if s is None:
+        return "-"
+    if s["bound"] == "<":
+        return f"< {lengths[0]}"
+    if s["bound"] == ">":
+        return f"> {lengths[-1]}"
+    if s["bound"]:
+        return s["bound"]
+    return f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+
+def machine() -> str:
+    """This machine, as a report names it: cores, architecture, JAX's backend."""
+    import jax
+
+    return f"{os.cpu_count()}-core {platform.machine()}, JAX {jax.__version__} on {jax.default_backend()}"
+
+
+def _value(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def format_markdown(
+    base: SpeedrunConfig, spec: SweepSpec, store: TrialStore, summary: Mapping[str, Any]
+) -> str:
+    t = base.train
+    lines = [
+        "# Sweep",
+        "",
+        f"{len(store.rows)} trials, {datetime.date.today().isoformat()}, {machine()}: speedrun model "
+        f"`{base.model.preset}`, data `{base.data.source or ('files' if base.data.files else 'stdlib')}`, "
+        f"{t.num_train_steps} steps of {t.batch_size} x {t.seq_len} bytes, seeds "
+        f"{t.seed}..{t.seed + spec.seeds - 1}; coordinate descent (threshold {spec.threshold} nats, at most "
+        f"{spec.max_rounds} rounds).",
+        "",
+        "| optimizer | tuned settings (changed from the defaults) | final eval loss (mean ± std) | "
+        f"speedup over tuned {spec.baseline or '-'} | trials (failed) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    order = sorted(
+        summary, key=lambda k: (math.isnan(summary[k]["eval_loss"]["mean"]), summary[k]["eval_loss"]["mean"])
+    )
+    for label in order:
+        e = summary[label]
+        settings = ", ".join(f"{k}={_value(v)}" for k, v in e["changes"].items()) or "defaults"
+        loss = e["eval_loss"]
+        n = len(loss["values"])
+        loss_text = (
+            f"{loss['mean']:.4f} ± {loss['std']:.4f} ({n} seeds)" if not e["seeds_failed"] else "diverged"
+        )
+        lines.append(
+            f"| {label} | {settings} | {loss_text} | {_speedup_text(e, spec.lengths)} | "
+            f"{e['trials']} ({e['trials_failed']}) |"
+        )
+    if spec.baseline:
+        lines += [
+            "",
+            "Speedup: "
+            + METHOD.format(lengths=", ".join(map(str, spec.lengths)))
+            + "; seed i against seed i.",
+        ]
+    lines += ["", "Each tuned config reruns with `marin-optim speedrun --config_path best/<optimizer>.yaml`."]
+    for label in order:
+        lines += [
+            "",
+            f"## {label}",
+            "",
+            "| changes from the defaults | seed | steps | final eval loss | status |",
+            "|---|---:|---:|---:|---|",
+        ]
+        trials = sorted(
+            (r for r in store.rows.values() if r["label"] == label),
+            key=lambda r: (r["steps"], r["seed"], r["eval_loss"]),
+        )
+        for r in trials:
+            changes = ", ".join(f"{k}={_value(v)}" for k, v in r.get("changes", {}).items()) or "defaults"
+            status = "ok" if r["status"] == "ok" else f"failed: {r.get('reason', '')}"
+            loss = f"{r['eval_loss']:.4f}" if math.isfinite(r["eval_loss"]) else "-"
+            lines.append(f"| {changes} | {r['seed']} | {r['steps']} | {loss} | {status} |")
+    return "\n".join(lines) + "\n"
+
+
+def sensitivity(
+    spec: SweepSpec, store: TrialStore, outcome: Outcome, seed: int, steps: int
+) -> dict[str, list[tuple[Any, float]]]:
+    """Per swept field: ``(value, final eval loss)`` of every trial that is the tuned config with
+    only that field changed (seed and steps of the search), the tuned value included."""
+    best = outcome.best.to_dict()
+    out: dict[str, list[tuple[Any, float]]] = {}
+    for name in spec.grids[outcome.label]:
+        points = []
+        for r in store.rows.values():
+            if r["label"] != outcome.label or r["seed"] != seed or r["steps"] != steps:
+                continue
+            if all(r["optimizer"].get(k) == v for k, v in best.items() if k != name):
+                points.append((r["optimizer"][name], float(r["eval_loss"])))
+        out[name] = sorted(points)
+    return out
+
+
+def plot_sensitivity(path: Path, label: str, curves: Mapping[str, list[tuple[Any, float]]]) -> None:
+    """One panel per swept field: final eval loss against the field's value (failed: at the top)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, pts in curves.items() if pts]
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        xs = [float(x) for x, _ in curves[name]]
+        ys = [y for _, y in curves[name]]
+        finite = [y for y in ys if math.isfinite(y)]
+        top = max(finite) + 0.05 * (max(finite) - min(finite) + 1e-3) if finite else 1.0
+        ax.plot(xs, [y if math.isfinite(y) else top for y in ys], marker="o")
+        for x, y in zip(xs, ys, strict=True):
+            if not math.isfinite(y):
+                ax.plot([x], [top], marker="x", color="red")
+        if name in GROWING and all(x > 0 for x in xs):
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("final eval loss")
+    fig.suptitle(f"{label}: one field changed from the tuned config (x: diverged)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    res.write_atomic(path, buf.getvalue())
+
+
+def write_report(
+    root: Path,
+    base: SpeedrunConfig,
+    spec: SweepSpec,
+    store: TrialStore,
+    outcomes: Mapping[str, Outcome],
+) -> dict[str, Any]:
+    """Writes every output file (each atomically); returns the summary."""
+    summary = summarize(spec, store, outcomes)
+    seed, steps = base.train.seed, base.train.num_train_steps
+    for label, o in outcomes.items():
+        tuned = base.replace(optimizer=o.best, output_dir=None, resume=False)
+        res.write_atomic(root / "best" / f"{label}.yaml", tuned.to_yaml())
+        plot_sensitivity(root / f"sensitivity-{label}.png", label, sensitivity(spec, store, o, seed, steps))
+    curves = {}
+    for label, o in outcomes.items():
+        run = Path(store.rows[o.seed_trials[0].key]["run_dir"])
+        metrics = run / res.METRICS if (run / res.METRICS).exists() else run / res.PARTIAL_METRICS
+        if metrics.exists():
+            curves[label] = Curve.from_rows(res.read_metrics(metrics))
+    if curves:
+        plot_curves(
+            root / "curves.png",
+            curves,
+            title=f"tuned runs on {base.model.preset} ({steps} steps, seed {seed})",
+        )
+    data = {
+        "definition": sweep_definition(base, spec),
+        "results": summary,
+        "trials": sorted(store.rows.values(), key=lambda r: (r["label"], r["steps"], r["seed"], r["key"])),
+    }
+    res.write_atomic(root / "sweep.json", res.dumps(data) + "\n")
+    res.write_atomic(root / "sweep.md", format_markdown(base, spec, store, summary))
+    return summary

@@ -1,0 +1,242 @@
+"""Coordinate descent over each optimizer's hyperparameters, its finalists' seeds, and the sweep
+directory that keeps it all.
+
+The search, per optimizer (Marin's optimizer study, Wen et al., 2025, section 3): start from the
+optimizer's defaults; for each swept field in turn (:mod:`marin_optim.sweep.grids`, the learning
+rate first), run every other value of its grid with the rest held, and move to the best one if
+it lowers the final eval loss by more than ``threshold``; repeat the round until no single change
+does (or ``max_rounds``). The best config is then run with ``seeds`` seeds (the search's own
+seed first), and the baseline's (AdamW's) also at every run length in ``lengths`` (multiples of
+the speedrun's steps), which the speedup needs (:mod:`marin_optim.sweep.report`).
+
+Every optimizer's search is a generator that yields the trials it needs next and receives their
+rows; the sweep runs the trials of all optimizers' next steps together, so ``--workers`` and Ray
+have a batch to share. A trial asked for again (the next round, a resumed sweep) is read from
+``trials.jsonl`` instead of being run (:class:`~marin_optim.sweep.trials.TrialStore`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from marin_optim.config import OptimizerConfig
+from marin_optim.errors import ConfigError
+from marin_optim.speedrun import results as res
+from marin_optim.speedrun.config import SpeedrunConfig
+from marin_optim.sweep.grids import GROWING, MAX_EXTENSIONS, check_value, significant
+from marin_optim.sweep.trials import Runner, Trial, TrialStore, run_all, stable_hash
+
+DEFINITION = "definition.json"
+DEFAULT_OUTPUT_DIR = "runs/sweep"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What a sweep searches: its optimizers (label -> starting config), their grids, and how."""
+
+    optimizers: dict[str, OptimizerConfig]
+    grids: dict[str, dict[str, tuple[Any, ...]]]
+    given: frozenset[tuple[str, str]] = frozenset()
+    """``(label, field)`` grids given with ``--grid``: used as written, never grown."""
+    seeds: int = 3
+    threshold: float = 0.005
+    max_rounds: int = 3
+    lengths: tuple[int, ...] = (1, 2, 4)
+    baseline: str | None = "adamw"
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds={self.seeds}: must be at least 1")
+        if not self.threshold >= 0:
+            raise ConfigError(f"--threshold={self.threshold}: must be >= 0 (a loss difference in nats)")
+        if self.max_rounds < 1:
+            raise ConfigError(f"--max_rounds={self.max_rounds}: must be at least 1")
+        if sorted(set(self.lengths)) != list(self.lengths) or self.lengths[0] != 1 or len(self.lengths) < 2:
+            raise ConfigError(
+                f"--lengths={','.join(map(str, self.lengths))}: increasing whole multiples of the "
+                "run's steps starting at 1, at least two (e.g. 1,2,4)"
+            )
+        if self.baseline is not None and self.baseline not in self.optimizers:
+            raise ConfigError(f"--baseline {self.baseline}: not one of the swept optimizers")
+
+
+@dataclass
+class Outcome:
+    """One optimizer's search: its best config, the seeds' trials, and the path there."""
+
+    label: str
+    best: OptimizerConfig
+    changes: dict[str, Any]
+    seed_trials: list[Trial]
+    length_trials: dict[int, list[Trial]] = field(default_factory=dict)
+    """The baseline's: run length multiple -> one trial per seed."""
+    path: list[dict[str, Any]] = field(default_factory=list)
+    """Each accepted move: round, field, value, eval loss."""
+
+
+def changes_from_defaults(cfg: OptimizerConfig) -> dict[str, Any]:
+    """The fields of ``cfg`` whose values differ from its class's defaults (as YAML writes them)."""
+    mine, defaults = cfg.to_dict(), type(cfg)().to_dict()
+    return {k: v for k, v in mine.items() if defaults.get(k) != v}
+
+
+Search = Generator[list[Trial], Mapping[str, dict[str, Any]], Outcome]
+
+
+def descend(
+    label: str,
+    spec: SweepSpec,
+    make: Callable[[str, OptimizerConfig, int, int], Trial],
+    seed: int,
+    steps: int,
+) -> Search:
+    """One optimizer's coordinate descent, then its seeds (module docstring). Yields lists of
+    trials and receives ``{key: row}`` for them; returns the :class:`Outcome`."""
+    current = spec.optimizers[label]
+    grids = spec.grids[label]
+
+    def losses(cfgs: list[OptimizerConfig]) -> Generator[list[Trial], Mapping[str, Any], list[float]]:
+        trials = [make(label, c, seed, steps) for c in cfgs]
+        rows = yield trials
+        return [float(rows[t.key]["eval_loss"]) for t in trials]
+
+    (best_loss,) = yield from losses([current])
+    path: list[dict[str, Any]] = []
+    for rnd in range(1, spec.max_rounds + 1):
+        moved = False
+        for name, grid in grids.items():
+            values = list(grid)
+            grown = {"low": 0, "high": 0}
+            while True:
+                here = getattr(current, name)
+                cands = [check_value(current, name, v, label) for v in values if v != here]
+                for cfg, loss in zip(cands, (yield from losses(cands)), strict=True):
+                    if loss < best_loss - spec.threshold:
+                        current, best_loss, moved = cfg, loss, True
+                        path.append(
+                            {"round": rnd, "field": name, "value": getattr(cfg, name), "eval_loss": loss}
+                        )
+                if name not in GROWING or (label, name) in spec.given:
+                    break
+                here = getattr(current, name)
+                if here == max(values) and grown["high"] < MAX_EXTENSIONS:
+                    values.append(significant(here * 2))
+                    grown["high"] += 1
+                elif here == min(values) and grown["low"] < MAX_EXTENSIONS:
+                    values.insert(0, significant(here / 2))
+                    grown["low"] += 1
+                else:
+                    break
+        if not moved:
+            break
+    seeds = [seed + i for i in range(spec.seeds)]
+    seed_trials = [make(label, current, s, steps) for s in seeds]
+    yield seed_trials
+    outcome = Outcome(label, current, changes_from_defaults(current), seed_trials, path=path)
+    if label == spec.baseline:
+        outcome.length_trials = {n: [make(label, current, s, steps * n) for s in seeds] for n in spec.lengths}
+        yield [t for ts in outcome.length_trials.values() for t in ts]
+    return outcome
+
+
+def sweep_definition(base: SpeedrunConfig, spec: SweepSpec) -> dict[str, Any]:
+    """Everything that decides a sweep's trials, as plain data (hashed to refuse a different
+    sweep in the same directory)."""
+    return {
+        "base": base_identity(base),
+        "steps": base.train.num_train_steps,
+        "seed": base.train.seed,
+        "optimizers": {label: cfg.to_dict() for label, cfg in spec.optimizers.items()},
+        "grids": {label: {k: list(v) for k, v in g.items()} for label, g in spec.grids.items()},
+        "given": sorted(map(list, spec.given)),
+        "seeds": spec.seeds,
+        "threshold": spec.threshold,
+        "max_rounds": spec.max_rounds,
+        "lengths": list(spec.lengths),
+        "baseline": spec.baseline,
+    }
+
+
+def base_identity(base: SpeedrunConfig) -> dict[str, Any]:
+    """The speedrun config a sweep's trials share: without the optimizer, seed, steps and run
+    directory (each trial sets those) or the resume flags (the key of every trial hashes it)."""
+    data = json.loads(res.dumps(base.to_dict()))
+    for key in ("optimizer", "output_dir", "resume", "overwrite", "allow_config_change", "author"):
+        data.pop(key, None)
+    for key in ("seed", "num_train_steps"):
+        data.get("train", {}).pop(key, None)
+    return data
+
+
+def claim_directory(root: Path, definition: dict[str, Any], force: bool) -> None:
+    """Writes ``definition.json`` into a new sweep directory; in an existing one, checks that it is
+    the same sweep (or, with ``force``, replaces it: trials whose keys match are still reused)."""
+    path = root / DEFINITION
+    text = res.dumps(definition) + "\n"
+    if path.exists() and not force:
+        old = json.loads(path.read_text())
+        if old != json.loads(text):
+            differing = sorted(k for k in {*old, *definition} if old.get(k) != json.loads(text).get(k))
+            raise ConfigError(
+                f"sweep: {root} holds a different sweep (its {', '.join(differing)} differ); "
+                "choose another --output_dir or pass --force to replace its definition "
+                "(finished trials that match are reused)"
+            )
+        return
+    res.write_atomic(path, text)
+
+
+def run_search(
+    base: SpeedrunConfig,
+    spec: SweepSpec,
+    root: Path,
+    runner: Runner,
+    log: Callable[[str], None] = print,
+    force: bool = False,
+) -> tuple[TrialStore, dict[str, Outcome]]:
+    """Every optimizer's search, run together; returns the trials and the outcomes."""
+    definition = sweep_definition(base, spec)
+    root.mkdir(parents=True, exist_ok=True)
+    claim_directory(root, definition, force)
+    store = TrialStore(root)
+    if store.rows:
+        log(f"sweep: {len(store.rows)} finished trials in {store.path} are reused")
+    base_dict = base.to_dict()
+    base_hash = stable_hash(definition["base"])
+
+    def make(label: str, cfg: OptimizerConfig, seed: int, steps: int) -> Trial:
+        return Trial(label, cfg.to_dict(), seed, steps, base_hash, changes_from_defaults(cfg))
+
+    seed, steps = base.train.seed, base.train.num_train_steps
+    searches = {label: descend(label, spec, make, seed, steps) for label in spec.optimizers}
+    pending = {label: next(search) for label, search in searches.items()}
+    outcomes: dict[str, Outcome] = {}
+    while pending:
+        run_all(runner, store, base_dict, [t for ts in pending.values() for t in ts], log)
+        following = {}
+        for label, trials in pending.items():
+            try:
+                following[label] = searches[label].send({t.key: store.rows[t.key] for t in trials})
+            except StopIteration as stop:
+                outcomes[label] = stop.value
+                log(f"sweep: {label} tuned: {outcomes[label].changes or 'its defaults'}")
+        pending = following
+    return store, outcomes
+
+
+def optimizer_specs(names: list[str], shared: dict[str, Any]) -> dict[str, OptimizerConfig]:
+    """``{name: its default config}`` (with ``shared`` fields set where the optimizer has them),
+    or a ConfigError listing the close matches of an unknown name."""
+    out: dict[str, OptimizerConfig] = {}
+    for name in names:
+        cls = OptimizerConfig.get_choice_class(name)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        out[name] = OptimizerConfig.from_dict(
+            {"type": name, **{k: v for k, v in shared.items() if k in fields}}
+        )
+    return out

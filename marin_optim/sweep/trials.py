@@ -1,0 +1,236 @@
+"""One sweep trial: a speedrun with one optimizer config, seed and length, and where it is kept.
+
+A :class:`Trial` is named by a hash of everything that decides its result (the base speedrun
+config, the optimizer's full config, the seed, the number of steps), so a trial asked for twice,
+by two rounds of the search or by a resumed sweep, runs once. Finished trials are appended to
+``trials.jsonl`` (one JSON row each, flushed and synced) by the process that runs the sweep;
+a row cut short by a kill is ignored, and its trial runs again (its speedrun resumes from its
+last checkpoint in ``trials/<key>/``). A trial whose non-finite guard stops it is a finished
+trial with status ``failed``; any other error stops the sweep (a bug is not a result).
+
+Trials run in this process, in ``workers`` processes of this machine
+(``concurrent.futures.ProcessPoolExecutor``, spawned), or as Ray tasks on a cluster
+(:class:`RayRunner`, ``pip install 'marin-optim[ray]'``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from marin_optim.errors import ConfigError
+from marin_optim.speedrun import results as res
+
+TRIALS = "trials.jsonl"
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hex digest of ``obj``'s canonical JSON (sorted keys): the same data, the same name."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A speedrun of ``optimizer`` (a full config dict, ``type`` included) for ``steps`` steps
+    with ``seed``, on the sweep's base config (named by ``base_hash``). ``changes`` (the fields
+    that differ from the optimizer's defaults) is for people; it is not part of the key."""
+
+    label: str
+    optimizer: dict[str, Any] = field(hash=False)
+    seed: int
+    steps: int
+    base_hash: str
+    changes: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        identity = {
+            "base": self.base_hash,
+            "optimizer": self.optimizer,
+            "seed": self.seed,
+            "steps": self.steps,
+        }
+        object.__setattr__(self, "key", stable_hash(identity))
+
+
+def run_trial(base: dict[str, Any], trial: Trial, run_dir: str) -> dict[str, Any]:
+    """Runs ``trial`` on the speedrun config ``base`` (a dict) in ``run_dir``; returns its row.
+
+    A module-level function of plain data, so that a worker process or a Ray task can run it.
+    The speedrun's log goes to ``run_dir/trial.log``; an interrupted trial resumes there."""
+    from marin_optim.config import OptimizerConfig
+    from marin_optim.speedrun.config import SpeedrunConfig
+    from marin_optim.speedrun.trainer import run_speedrun
+    from marin_optim.transforms.guards import NonFiniteError
+
+    cfg = SpeedrunConfig.from_dict(base)
+    cfg = cfg.replace(
+        optimizer=OptimizerConfig.from_dict(trial.optimizer),
+        train=dataclasses.replace(cfg.train, seed=trial.seed, num_train_steps=trial.steps),
+        output_dir=run_dir,
+        resume=True,
+        overwrite=False,
+    )
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    row: dict[str, Any] = {
+        "key": trial.key,
+        "label": trial.label,
+        "optimizer": trial.optimizer,
+        "changes": trial.changes,
+        "seed": trial.seed,
+        "steps": trial.steps,
+        "run_dir": run_dir,
+    }
+    with open(Path(run_dir) / "trial.log", "a") as log, contextlib.redirect_stdout(log):
+        try:
+            info = run_speedrun(cfg, log=lambda msg: print(msg, file=log, flush=True)).run_info
+        except NonFiniteError as e:
+            return {**row, "status": "failed", "reason": str(e).split(";")[0], "eval_loss": math.inf}
+    return {
+        **row,
+        "status": "ok",
+        "eval_loss": float(info["eval_loss"]),
+        "eval_bpb": float(info["eval_bpb"]),
+        "training_time": float(info["training_time"]),
+    }
+
+
+class TrialStore:
+    """``trials.jsonl`` in a sweep directory: every finished trial, by key."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.path = self.root / TRIALS
+        self.rows: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the last row, cut short by a kill: that trial runs again
+                if isinstance(row, dict) and "key" in row:
+                    row["eval_loss"] = float(row["eval_loss"])  # "inf" as JSON writes it
+                    self.rows.setdefault(row["key"], row)
+
+    def run_dir(self, trial: Trial) -> str:
+        return str(self.root / "trials" / trial.key)
+
+    def add(self, row: dict[str, Any]) -> None:
+        if row["key"] in self.rows:
+            return
+        self.rows[row["key"]] = row
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a+b") as f:
+            f.seek(0, os.SEEK_END)
+            cut = f.tell() > 0 and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n"
+            line = json.dumps(res._jsonable(row), sort_keys=True) + "\n"
+            f.write((("\n" if cut else "") + line).encode())  # after a row cut short: a new line
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class Runner(Protocol):
+    """Runs trials (each with its run directory), yielding each one's row as it finishes."""
+
+    def run(self, base: dict[str, Any], trials: list[tuple[Trial, str]]) -> Iterator[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalRunner:
+    """Trials in this process (``workers == 1``) or in ``workers`` spawned processes."""
+
+    def __init__(self, workers: int = 1):
+        if workers < 1:
+            raise ConfigError(f"--workers={workers}: must be at least 1")
+        self.workers = workers
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def run(self, base: dict[str, Any], trials: list[tuple[Trial, str]]) -> Iterator[dict[str, Any]]:
+        if self.workers == 1:
+            for trial, run_dir in trials:
+                yield run_trial(base, trial, run_dir)
+            return
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        futures = [self._pool.submit(run_trial, base, trial, run_dir) for trial, run_dir in trials]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+
+class RayRunner:
+    """Trials as Ray tasks (one CPU each unless ``num_cpus``/``num_gpus`` say otherwise) on the
+    cluster at ``address`` (``auto``: the one this machine belongs to; ``local``: a new one on
+    this machine). Results come back to this process, which alone writes ``trials.jsonl``."""
+
+    def __init__(self, address: str, num_cpus: float = 1, num_gpus: float = 0):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError(
+                f"--ray {address}: Ray is not installed (pip install 'marin-optim[ray]')"
+            ) from None
+        self._ray = ray
+        if not ray.is_initialized():
+            with contextlib.redirect_stderr(io.StringIO()):
+                ray.init(address=None if address == "local" else address, log_to_driver=False)
+        self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(run_trial)
+
+    def run(self, base: dict[str, Any], trials: list[tuple[Trial, str]]) -> Iterator[dict[str, Any]]:
+        ray = self._ray
+        pending = [self._task.remote(base, trial, run_dir) for trial, run_dir in trials]
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(done[0])
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+
+    def close(self) -> None:
+        pass
+
+
+def run_all(
+    runner: Runner, store: TrialStore, base: dict[str, Any], trials: Iterable[Trial], log: Any
+) -> None:
+    """Runs every trial of ``trials`` that ``store`` does not have yet, recording each as it ends."""
+    todo: dict[str, Trial] = {}
+    for trial in trials:
+        if trial.key not in store.rows:
+            todo.setdefault(trial.key, trial)
+    if not todo:
+        return
+    for row in runner.run(base, [(t, store.run_dir(t)) for t in todo.values()]):
+        store.add(row)
+        log(describe(row))
+
+
+def describe(row: dict[str, Any]) -> str:
+    """One line for a finished trial: what changed from the defaults, the seed, the result."""
+    changed = ", ".join(f"{k}={v}" for k, v in row.get("changes", {}).items())
+    what = f"{row['label']}" + (f" [{changed}]" if changed else "")
+    result = f"eval loss {row['eval_loss']:.4f}" if row["status"] == "ok" else f"failed: {row['reason']}"
+    return f"sweep: {what} seed {row['seed']} {row['steps']} steps: {result}"

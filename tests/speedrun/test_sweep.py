@@ -1,0 +1,321 @@
+"""``marin-optim sweep``: grids and their errors, the coordinate descent (on a loss function
+whose optimum is known), resuming without rerunning, the speedup's interpolation, and real
+sweeps of the tiny speedrun in this process, in worker processes and on Ray."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from speedrun_helpers import REPO, TINY_ARGS, tiny_config
+
+from marin_optim.config import OptimizerConfig
+from marin_optim.errors import ConfigError
+from marin_optim.sweep import make_spec, run_sweep, steps_to_reach
+from marin_optim.sweep.grids import default_grid, parse_grid_option, significant
+from marin_optim.sweep.search import SweepSpec, run_search
+from marin_optim.sweep.trials import Trial, TrialStore, run_trial
+
+# ---------------------------------------------------------------- grids and their errors
+
+
+def test_parse_grid_option():
+    assert parse_grid_option("learning_rate=1e-3, 3e-3") == (None, "learning_rate", (1e-3, 3e-3))
+    assert parse_grid_option("adamw.beta2=0.95,0.99") == ("adamw", "beta2", (0.95, 0.99))
+    for bad in ("learning_rate", "=1,2", "beta1=", "beta1=,"):
+        with pytest.raises(ConfigError, match="--grid"):
+            parse_grid_option(bad)
+
+
+def test_default_grids_follow_the_defaults():
+    adamw = OptimizerConfig.from_dict({"type": "adamw", "learning_rate": 0.002, "weight_decay": 0.0})
+    assert default_grid(adamw, "learning_rate") == (0.0005, 0.001, 0.002, 0.004, 0.008)
+    assert default_grid(adamw, "weight_decay") == (0.0, 0.01, 0.1)
+    assert default_grid(adamw, "beta1") == (0.8, 0.9, 0.95)
+    assert default_grid(adamw, "beta2") == (0.9, 0.95, 0.98)
+    spec = make_spec(["muon"], baseline=None)
+    assert list(spec.grids["muon"])[:2] == ["learning_rate", "adam_lr"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"grids": ["adamw.beta1=0.9,1.5"]}, r"--grid adamw\.beta1=1\.5: .*beta1"),
+        ({"grids": ["learning_rat=0.1"]}, r"not a field of any of the swept optimizers.*learning_rate"),
+        ({"grids": ["adamx.beta1=0.9"]}, r"'adamx' is not one of the swept optimizers.*adamw"),
+        ({"grids": ["learning_rate=nan"]}, "must be a finite number"),
+        ({"fields": ["bta2"]}, r"--fields bta2: .*beta2"),
+        ({"fields": ["epsilon"]}, r"no default grid for it; give its values with --grid adamw\.epsilon"),
+        ({"fields": ["beta1"], "grids": ["beta2=0.9"]}, r"--grid beta2: beta2 is not among --fields"),
+        ({"seeds": 0}, "--seeds=0"),
+        ({"lengths": [2, 4]}, "--lengths=2,4"),
+        ({"threshold": -1.0}, "--threshold=-1.0"),
+    ],
+)
+def test_bad_sweeps_are_refused_before_any_trial(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        make_spec(["adamw"], **kwargs)
+
+
+def test_unknown_optimizer_names_its_close_matches():
+    with pytest.raises(ConfigError, match="lion"):
+        make_spec(["loin"])
+
+
+def test_fields_and_grids_choose_what_is_swept():
+    spec = make_spec(
+        ["lion"], fields=["beta1", "learning_rate"], grids=["lion.learning_rate=1e-3,3e-3"], baseline="adamw"
+    )
+    assert spec.grids["lion"] == {"beta1": (0.8, 0.9, 0.95), "learning_rate": (1e-3, 3e-3)}
+    assert list(spec.grids["adamw"]) == ["beta1", "learning_rate"]  # the baseline was added
+    assert ("lion", "learning_rate") in spec.given and ("adamw", "learning_rate") not in spec.given
+
+
+# ---------------------------------------------------------------- the speedup
+
+
+def test_steps_to_reach_interpolates_in_log_steps():
+    steps, bound = steps_to_reach([100, 200, 400], [3.0, 2.8, 2.7], 2.9)
+    assert bound == "" and steps == pytest.approx(100 * math.sqrt(2), rel=1e-12)
+    assert steps_to_reach([100, 200, 400], [3.0, 2.8, 2.7], 2.75) == (pytest.approx(200 * math.sqrt(2)), "")
+    assert steps_to_reach([1, 2, 4], [3.0, 2.8, 2.7], 3.0) == (1.0, "")
+    assert steps_to_reach([1, 2, 4], [3.0, 2.8, 2.7], 3.1) == (1.0, "<")
+    assert steps_to_reach([1, 2, 4], [3.0, 2.8, 2.7], 2.6) == (4.0, ">")
+    # noise that makes 4x worse than 2x does not move the answer past 2x: a running minimum
+    assert steps_to_reach([1, 2, 4], [3.0, 2.8, 2.9], 2.8) == (2.0, "")
+    assert steps_to_reach([1, 2, 4], [3.0, math.inf, 2.7], 2.9)[1] == "failed"
+
+
+# ---------------------------------------------------------------- the search, on a known loss
+
+
+class Bowl:
+    """A runner whose "final eval loss" is a function of the config with a known optimum:
+    ``learning_rate`` at ``lr_star`` (quadratic in log2), ``beta1`` at 0.95, ``weight_decay``
+    nearly flat (below the threshold), longer runs lower; every trial counted."""
+
+    def __init__(self, lr_star: float, diverge_above: float = math.inf):
+        self.lr_star = lr_star
+        self.diverge_above = diverge_above
+        self.ran: list[Trial] = []
+
+    def loss(self, opt: dict[str, Any], seed: int, steps: int, base_steps: int) -> float:
+        return (
+            3.0
+            + 0.1 * math.log2(opt["learning_rate"] / self.lr_star) ** 2
+            + 4.0 * (opt["beta1"] - 0.95) ** 2
+            + 0.001 * opt["weight_decay"]
+            + 0.01 * seed
+            - 0.3 * math.log2(steps / base_steps)
+        )
+
+    def run(self, base: dict[str, Any], trials: list[tuple[Trial, str]]) -> Iterator[dict[str, Any]]:
+        for trial, run_dir in trials:
+            self.ran.append(trial)
+            row = {"key": trial.key, "label": trial.label, "optimizer": trial.optimizer, "seed": trial.seed,
+                   "changes": trial.changes, "steps": trial.steps, "run_dir": run_dir}  # fmt: skip
+            if trial.optimizer["learning_rate"] > self.diverge_above:
+                yield {**row, "status": "failed", "reason": "diverged", "eval_loss": math.inf}
+            else:
+                loss = self.loss(trial.optimizer, trial.seed, trial.steps, base["train"]["num_train_steps"])
+                yield {**row, "status": "ok", "eval_loss": loss}
+
+    def close(self) -> None:
+        pass
+
+
+def bowl_spec(**kwargs: Any) -> SweepSpec:
+    return make_spec(["lion"], fields=["learning_rate", "weight_decay", "beta1"], **kwargs)
+
+
+def test_descent_finds_the_optimum_growing_the_learning_rate_grid(tmp_path):
+    spec = bowl_spec(seeds=2, lengths=(1, 2, 4))
+    base = tiny_config(tmp_path / "unused")
+    lion_lr, adamw_lr = spec.optimizers["lion"].learning_rate, spec.optimizers["adamw"].learning_rate
+    runner = Bowl(lr_star=16 * lion_lr, diverge_above=100 * lion_lr)  # 16x: beyond the 1/4..4 grid
+    store, outcomes = run_search(base, spec, tmp_path / "sweep", runner, log=lambda _: None)
+
+    lion = outcomes["lion"]
+    assert lion.best.learning_rate == significant(16 * lion_lr)
+    assert lion.best.beta1 == 0.95
+    assert lion.best.weight_decay == spec.optimizers["lion"].weight_decay  # gains below the threshold
+    tried = {t.optimizer["learning_rate"] for t in runner.ran if t.label == "lion"}
+    assert significant(32 * lion_lr) in tried and significant(64 * lion_lr) not in tried
+    assert [p["field"] for p in lion.path][:4] == ["learning_rate"] * 4
+    assert outcomes["adamw"].best.learning_rate == significant(runner.lr_star / lion_lr * adamw_lr)
+    assert len(runner.ran) == len(store.rows) == len({t.key for t in runner.ran})  # each trial once
+    assert [t.seed for t in lion.seed_trials] == [base.train.seed, base.train.seed + 1]
+    assert sorted(outcomes["adamw"].length_trials) == [1, 2, 4]
+    assert not outcomes["lion"].length_trials
+
+
+def test_a_diverged_trial_loses_and_is_reported(tmp_path):
+    spec = bowl_spec(seeds=1, lengths=(1, 2), max_rounds=1)
+    base = tiny_config(tmp_path / "unused")
+    lion_lr = spec.optimizers["lion"].learning_rate
+    runner = Bowl(lr_star=4 * lion_lr, diverge_above=3 * lion_lr)
+    store, outcomes = run_search(base, spec, tmp_path / "sweep", runner, log=lambda _: None)
+    assert outcomes["lion"].best.learning_rate == significant(2 * lion_lr)
+    failed = [r for r in store.rows.values() if r["status"] == "failed"]
+    assert {r["optimizer"]["learning_rate"] for r in failed if r["label"] == "lion"} == {
+        significant(4 * lion_lr)
+    }
+    from marin_optim.sweep.report import write_report
+
+    summary = write_report(tmp_path / "sweep", base, spec, store, outcomes)
+    assert summary["lion"]["trials_failed"] == 1
+    assert "failed: diverged" in (tmp_path / "sweep" / "sweep.md").read_text()
+
+
+def test_resume_reuses_finished_trials_and_refuses_another_sweep(tmp_path):
+    spec = bowl_spec(seeds=2, lengths=(1, 2))
+    base = tiny_config(tmp_path / "unused")
+    root = tmp_path / "sweep"
+    first = Bowl(lr_star=2 * spec.optimizers["lion"].learning_rate)
+    store, outcomes = run_search(base, spec, root, first, log=lambda _: None)
+    n = len(store.rows)
+
+    # a kill in the middle of writing the last row: that trial alone runs again
+    lines = (root / "trials.jsonl").read_text().splitlines()
+    (root / "trials.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:40])
+    again = Bowl(lr_star=first.lr_star)
+    store2, outcomes2 = run_search(base, spec, root, again, log=lambda _: None)
+    assert [t.key for t in again.ran] == [json.loads(lines[-1])["key"]]
+    assert len(store2.rows) == n
+    assert {k: o.best for k, o in outcomes2.items()} == {k: o.best for k, o in outcomes.items()}
+
+    other = bowl_spec(seeds=3, lengths=(1, 2))
+    with pytest.raises(ConfigError, match=r"holds a different sweep \(its seeds differ\).*--force"):
+        run_search(base, other, root, Bowl(lr_star=1.0), log=lambda _: None)
+    longer = tiny_config(tmp_path / "unused", "--train.num_train_steps", "24")
+    with pytest.raises(ConfigError, match=r"\(its steps differ\)"):
+        run_search(longer, spec, root, Bowl(lr_star=1.0), log=lambda _: None)
+    wider = tiny_config(tmp_path / "unused", "--model.hidden_dim", "64")
+    with pytest.raises(ConfigError, match=r"\(its base differ\)"):
+        run_search(wider, spec, root, Bowl(lr_star=1.0), log=lambda _: None)
+    third = Bowl(lr_star=first.lr_star)
+    run_search(base, other, root, third, log=lambda _: None, force=True)
+    assert {t.seed for t in third.ran} == {base.train.seed + 2}  # only the new seed's trials
+
+
+# ---------------------------------------------------------------- real sweeps of the tiny speedrun
+
+SWEEP_ARGS = ["--fields", "learning_rate", "--grid", "learning_rate=0.003", "--seeds", "1",
+              "--lengths", "1,2", "--max_rounds", "1"]  # fmt: skip
+BASE_ARGS = [a for a in TINY_ARGS if a not in ("--optimizer.learning_rate", "0.003")]
+SHORT = ["--train.checkpoint_interval", "0", "--train.num_train_steps", "6", "--train.eval_interval", "6"]
+BASE_ARGS += SHORT
+
+
+def sweep_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "marin_optim.cli", "sweep", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+
+
+def test_sweep_cli_end_to_end_with_workers_then_resumed(tmp_path):
+    out = tmp_path / "sweep"
+    args = ["lion", *SWEEP_ARGS, *BASE_ARGS, "--output_dir", str(out)]
+    first = sweep_cli(*args, "--workers", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    # per optimizer: its defaults and lr=0.003; adamw's tuned config again at 2x the steps
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
+    assert sorted(r["steps"] for r in rows) == [6, 6, 6, 6, 12]
+    summary = json.loads((out / "sweep.json").read_text())["results"]
+    for label in ("lion", "adamw"):
+        mine = [r for r in rows if r["label"] == label and r["steps"] == 6]
+        best = min(mine, key=lambda r: r["eval_loss"])
+        assert summary[label]["best"] == best["optimizer"]
+        assert summary[label]["eval_loss"]["values"] == [best["eval_loss"]]
+        tuned = yaml.safe_load((out / "best" / f"{label}.yaml").read_text())
+        assert tuned["optimizer"]["learning_rate"] == best["optimizer"]["learning_rate"]
+        assert (out / f"sensitivity-{label}.png").stat().st_size > 0
+    assert summary["adamw"]["speedup"]["values"] == [1.0]  # against itself, at 1x
+    lion_loss = summary["lion"]["eval_loss"]["values"][0]
+    adamw = {
+        r["steps"]: r["eval_loss"]
+        for r in rows
+        if r["label"] == "adamw" and r["optimizer"] == summary["adamw"]["best"]
+    }
+    expected = steps_to_reach([1, 2], [adamw[6], adamw[12]], lion_loss)
+    assert summary["lion"]["speedup"]["values"] == [expected[0]]
+    assert (out / "curves.png").exists() and "| lion |" in (out / "sweep.md").read_text()
+
+    again = sweep_cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "5 finished trials" in again.stdout and "eval loss" not in again.stdout  # nothing reran
+    assert len((out / "trials.jsonl").read_text().splitlines()) == 5
+
+    changed = sweep_cli(*args[:-2], "--seeds", "2", "--output_dir", str(out))
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1
+    assert "holds a different sweep (its seeds differ)" in changed.stderr
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["lion", "--grid", "lion.beta1=2.0"], "--grid lion.beta1=2.0"),
+        (["lion", "--workers", "0"], "--workers=0"),
+        (["--seeds", "2"], "name at least one optimizer"),
+        (["lion", "--lengths", "1,x"], "--lengths='1,x'"),
+        (["lion", "--fields", "learning_rate,bta1"], "--fields bta1"),
+    ],
+)
+def test_sweep_cli_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, needle):
+    from marin_optim.cli import main
+
+    assert main(["sweep", *args, "--output_dir", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_diverging_trial_is_a_failed_trial_not_an_error(tmp_path):
+    base = tiny_config(tmp_path / "unused", "--train.checkpoint_interval", "0")
+    opt = OptimizerConfig.from_dict(
+        {"type": "sgd", "learning_rate": 1e30, "max_nonfinite_steps": 1, "warmup": 0.0}
+    )
+    trial = Trial("sgd", opt.to_dict(), 0, 12, "base")
+    row = run_trial(base.to_dict(), trial, str(tmp_path / "trial"))
+    assert row["status"] == "failed" and row["eval_loss"] == math.inf, row
+    assert "NaN/inf" in row["reason"]
+    store = TrialStore(tmp_path)
+    store.add(row)
+    assert TrialStore(tmp_path).rows[trial.key]["eval_loss"] == math.inf  # survives JSON
+
+
+def test_sweep_on_ray(tmp_path):
+    pytest.importorskip("ray", reason="Ray is optional: pip install -e '.[ray]'")
+    out = tmp_path / "sweep"
+    args = ["lion", *SWEEP_ARGS, "--baseline", "none", *BASE_ARGS, "--output_dir", str(out)]
+    result = sweep_cli(*args, "--ray", "local")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert "speedup" not in json.loads((out / "sweep.json").read_text())["results"]["lion"]
+
+
+def test_run_sweep_in_process_matches_a_speedrun(tmp_path):
+    """A trial is exactly the speedrun of its config: same final eval loss as running it directly."""
+    from marin_optim.speedrun.trainer import run_speedrun
+
+    base = tiny_config(tmp_path / "unused", *SHORT)
+    spec = make_spec(["lion"], fields=["learning_rate"], grids=["learning_rate=3e-3"], seeds=1, baseline=None)
+    summary = run_sweep(base, spec, tmp_path / "sweep", log=lambda _: None)
+    best = OptimizerConfig.from_dict(summary["lion"]["best"])
+    direct = base.replace(optimizer=best, output_dir=str(tmp_path / "direct"))
+    loss = float(run_speedrun(direct, log=lambda _: None).run_info["eval_loss"])
+    assert summary["lion"]["eval_loss"]["values"] == [loss]
