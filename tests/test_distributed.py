@@ -161,7 +161,7 @@ STATE_SCRIPT = textwrap.dedent(
     out = {}
     for name in json.loads(sys.argv[1]):
         cfg = OptimizerConfig.from_dict({"type": name})
-        r = analyse_update(cfg, model, MeshConfig(data=8, model=1))
+        r = analyse_update(cfg, model, MeshConfig(data=8, model=1), flops=False)
         out[name] = {k: v for k, v in r.items() if k != "collectives"}
     print("RESULT" + json.dumps(out))
     """

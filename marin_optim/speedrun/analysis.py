@@ -92,11 +92,14 @@ def arithmetic_flops(lowered: jax.stages.Lowered) -> float:
     return float(cost.get("flops", 0.0))
 
 
-def analyse_update(cfg: OptimizerConfig, model: ModelConfig, mesh_cfg: MeshConfig) -> dict[str, Any]:
+def analyse_update(
+    cfg: OptimizerConfig, model: ModelConfig, mesh_cfg: MeshConfig, *, flops: bool = True
+) -> dict[str, Any]:
     """One compiled update of ``cfg``'s optimizer for ``model``'s parameters on ``mesh_cfg``'s mesh
     (of this process's devices): per-device GFLOP, MB accessed, state bytes (at rest, from the
     shardings; and as the update leaves it, from the memory analysis of its outputs), collectives.
-    GFLOP by :func:`arithmetic_flops`."""
+    GFLOP by :func:`arithmetic_flops` (a second, unfused compile; ``flops=False`` skips it and
+    gives ``None``)."""
     tx = cfg.build(1000)
     mesh = make_mesh(mesh_cfg)
     mapping = mesh_cfg.parameter_mapping()
@@ -116,7 +119,7 @@ def analyse_update(cfg: OptimizerConfig, model: ModelConfig, mesh_cfg: MeshConfi
 
         lowered = jax.jit(update, in_shardings=(p_sh, s_sh, p_sh)).lower(params, state, params)
         compiled = lowered.compile()
-        flops = arithmetic_flops(lowered)
+        gflop = arithmetic_flops(lowered) / 1e9 if flops else None
     replicated = [
         x
         for x, sh in zip(jax.tree.leaves(state), _leaf_shardings(s_sh, state), strict=True)
@@ -129,7 +132,7 @@ def analyse_update(cfg: OptimizerConfig, model: ModelConfig, mesh_cfg: MeshConfi
         "optimizer": cfg.kind(),
         "devices": mesh.size,
         "params": sum(math.prod(x.shape) for x in jax.tree.leaves(params)),
-        "gflop": flops / 1e9,
+        "gflop": gflop,
         "mb_accessed": cost.get("bytes accessed", 0.0) / 1e6,
         "param_bytes": _bytes(params),
         "state_bytes": _bytes(state),
