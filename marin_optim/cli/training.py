@@ -160,6 +160,17 @@ def split_compare_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str], 
     return specs, {k: v[-1] for k, v in options.items()}, shared, rest
 
 
+def _number(options: dict[str, str], key: str, kind: type, default: Any) -> Any:
+    if key not in options:
+        return default
+    try:
+        return kind(options[key])
+    except ValueError:
+        raise ConfigError(
+            f"--{key}={options[key]!r}: expected {'an integer' if kind is int else 'a number'}"
+        ) from None
+
+
 def compare_main(argv: list[str]) -> int:
     """``marin-optim compare adamw lion [--target_loss X] [--output_dir DIR] [speedrun options]``."""
     if wants_help(argv):
@@ -176,12 +187,7 @@ def compare_main(argv: list[str]) -> int:
             raise ConfigError("compare: name at least one optimizer, e.g. `marin-optim compare adamw lion`")
         shared = {k: yaml.safe_load(v) for k, v in shared_raw.items()}
         optimizers = [parse_optimizer_spec(spec, shared) for spec in specs]
-        target = None
-        if "target_loss" in options:
-            try:
-                target = float(options["target_loss"])
-            except ValueError:
-                raise ConfigError(f"--target_loss={options['target_loss']!r}: expected a number") from None
+        target = _number(options, "target_loss", float, None)
         base = _parse(rest)
         run_compare(
             base, optimizers, output_dir=options.get("output_dir", DEFAULT_OUTPUT_DIR), target_loss=target
@@ -225,17 +231,6 @@ def split_sweep_argv(
     names, options, shared, rest = split_optimizers_argv("sweep", argv, (*SWEEP_OPTIONS, "grid"))
     grids = options.pop("grid", [])
     return names, {k: v[-1] for k, v in options.items()}, grids, shared, rest
-
-
-def _number(options: dict[str, str], key: str, kind: type, default: Any) -> Any:
-    if key not in options:
-        return default
-    try:
-        return kind(options[key])
-    except ValueError:
-        raise ConfigError(
-            f"--{key}={options[key]!r}: expected {'an integer' if kind is int else 'a number'}"
-        ) from None
 
 
 def sweep_main(argv: list[str]) -> int:

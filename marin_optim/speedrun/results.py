@@ -47,18 +47,18 @@ def _umask() -> int:
     return mask
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(_jsonable(obj), indent=2, sort_keys=True)
+    return json.dumps(jsonable(obj), indent=2, sort_keys=True)
 
 
 def write_results(run_dir: str | Path, run_info: dict[str, Any]) -> Path:
@@ -97,13 +97,13 @@ class MetricsLog:
                     continue  # a line cut short by a kill
                 if row.get("step", math.inf) <= keep_up_to_step:
                     rows.append(row)
-        write_atomic(self.path, "".join(json.dumps(_jsonable(r)) + "\n" for r in rows))
+        write_atomic(self.path, "".join(json.dumps(jsonable(r)) + "\n" for r in rows))
         self._file = self.path.open("a")
         return rows
 
     def write(self, row: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(_jsonable(row)) + "\n")
+            self._file.write(json.dumps(jsonable(row)) + "\n")
             self._file.flush()
 
     def close(self) -> None:

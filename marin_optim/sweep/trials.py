@@ -131,11 +131,13 @@ class TrialStore:
             return
         self.rows[row["key"]] = row
         self.root.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(res.jsonable(row), sort_keys=True) + "\n"
         with self.path.open("a+b") as f:
-            f.seek(0, os.SEEK_END)
-            cut = f.tell() > 0 and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n"
-            line = json.dumps(res._jsonable(row), sort_keys=True) + "\n"
-            f.write((("\n" if cut else "") + line).encode())  # after a row cut short: a new line
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # the last row was cut short by a kill: start a new line
+                    line = "\n" + line
+            f.write(line.encode())
             f.flush()
             os.fsync(f.fileno())
 
