@@ -41,60 +41,48 @@ SCRIPT = textwrap.dedent(
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(1), 5 * len(leaves))
     draw = lambda t: [0.01 * jax.random.normal(keys[5 * i + t], x.shape) for i, x in enumerate(leaves)]
-    grads = [jax.numpy.stack(g) for g in zip(*[draw(t) for t in range(5)])]  # per leaf, [5, ...]
+    grads = [jax.tree.unflatten(treedef, draw(t)) for t in range(5)]
+    tx = OptimizerConfig.from_dict(json.loads(sys.argv[1])).build(100)
+
+
+    def trajectory(mesh, mesh_cfg):
+        # one compiled update, the trainers' way (shardings in, mesh in context), run for the 5
+        # steps; its FLOPs, its state's bytes at rest and its all-to-alls
+        mapping = mesh_cfg.parameter_mapping()
+        state = jax.eval_shape(tx.init, params)
+        p_sh, s_sh = sharding_tree(params, mapping, mesh), sharding_tree(state, mapping, mesh)
+        with hax.partitioning.set_mesh(mesh):
+            lowered = jax.jit(tx.update, in_shardings=(p_sh, s_sh, p_sh)).lower(params, state, params)
+            step = lowered.compile()
+            p, s = params, tx.init(params)
+            for g in grads:  # placed as the step was compiled for (the update leaves them as it likes)
+                p, s = jax.device_put(p, p_sh), jax.device_put(s, s_sh)
+                u, s = step(jax.device_put(g, p_sh), s, p)
+                p = jax.tree.map(lambda a, b: a + b, p, u)
+        per_device = sum(
+            x.dtype.itemsize * int(np.prod(sh.shard_shape(x.shape)))
+            for x, sh in zip(jax.tree.leaves(state), jax.tree.leaves(s_sh), strict=True)
+        )
+        small = sum(x.dtype.itemsize * x.size for x in jax.tree.leaves(state) if x.size < SMALL_STATE)
+        return {
+            "params": [np.asarray(x) for x in jax.tree.leaves(p)],
+            "flops": arithmetic_flops(lowered),
+            "state_per_device": per_device,
+            "state_total": sum(x.dtype.itemsize * x.size for x in jax.tree.leaves(state)),
+            "small_state": small,
+            "all_to_all": step.as_text().count(" all-to-all("),
+        }
+
+
+    single = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    one = trajectory(single, MeshConfig(data=1, model=1))
+    den = sum(float(np.sum((y - np.asarray(x)) ** 2)) for y, x in zip(one["params"], leaves, strict=True))
     out = {}
-    for name, fields in json.loads(sys.argv[1]).items():
-        tx = OptimizerConfig.from_dict(fields).build(100)
-
-        def run(p, gs):  # the 5 steps as a scan: one step compiled
-            def step(carry, g):
-                p, s = carry
-                u, s = tx.update(jax.tree.unflatten(treedef, g), s, p)
-                return (jax.tree.map(lambda a, b: a + b, p, u), s), None
-
-            return jax.lax.scan(step, (p, tx.init(p)), gs)[0][0]
-
-        def compiled(mesh, mesh_cfg):
-            mapping = mesh_cfg.parameter_mapping()
-            state = jax.eval_shape(tx.init, params)
-            p_sh, s_sh = sharding_tree(params, mapping, mesh), sharding_tree(state, mapping, mesh)
-            with hax.partitioning.set_mesh(mesh):
-                step = jax.jit(lambda g, s, p: tx.update(g, s, p), in_shardings=(p_sh, s_sh, p_sh))
-                lowered = step.lower(params, state, params)
-                c = lowered.compile()
-            flops = arithmetic_flops(lowered)
-            per_device = sum(
-                x.dtype.itemsize * int(np.prod(sh.shard_shape(x.shape)))
-                for x, sh in zip(jax.tree.leaves(state), jax.tree.leaves(s_sh), strict=True)
-            )
-            total = sum(x.dtype.itemsize * x.size for x in jax.tree.leaves(state))
-            small = sum(x.dtype.itemsize * x.size for x in jax.tree.leaves(state) if x.size < SMALL_STATE)
-            return flops, per_device, total, small, c.as_text().count(" all-to-all(")
-
-        single = jax.jit(run)(params, grads)
-        one = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
-        flops_1 = compiled(one, MeshConfig(data=1, model=1))[0]
-        row = {}
-        for layout, (data, mdl) in {"fsdp": (8, 1), "data4_model2": (4, 2)}.items():
-            mesh_cfg = MeshConfig(data=data, model=mdl)
-            mesh = make_mesh(mesh_cfg)
-            sh = sharding_tree(params, mesh_cfg.parameter_mapping(), mesh)
-            put = lambda t: jax.device_put(t, sh)
-            with hax.partitioning.set_mesh(mesh):
-                sharded = jax.jit(run)(put(params), grads)
-            a, b = jax.tree.leaves(sharded), jax.tree.leaves(single)
-            num = sum(float(np.sum((np.asarray(x) - np.asarray(y)) ** 2)) for x, y in zip(a, b))
-            den = sum(float(np.sum((np.asarray(y) - np.asarray(p)) ** 2)) for y, p in zip(b, leaves))
-            flops, per_device, total, small, all_to_all = compiled(mesh, mesh_cfg)
-            row[layout] = {
-                "rel_err": (num / den) ** 0.5,
-                "flop_ratio": flops / (flops_1 / 8),
-                "state_per_device": per_device,
-                "state_total": total,
-                "small_state": small,
-                "all_to_all": all_to_all,
-            }
-        out[name] = row
+    for layout, (data, mdl) in {"fsdp": (8, 1), "data4_model2": (4, 2)}.items():
+        mesh_cfg = MeshConfig(data=data, model=mdl)
+        r = trajectory(make_mesh(mesh_cfg), mesh_cfg)
+        num = sum(float(np.sum((a - b) ** 2)) for a, b in zip(r.pop("params"), one["params"], strict=True))
+        out[layout] = {"rel_err": (num / den) ** 0.5, "flop_ratio": r.pop("flops") / (one["flops"] / 8), **r}
     print("RESULT" + json.dumps(out))
     """
 )
@@ -105,34 +93,44 @@ OPTIMIZERS = {
     # rank 1/4: the QR (on a CPU a loop, which the cost analysis counts once, not once per
     # matrix) stays small beside the matmuls the count is about
     "dion": {"type": "dion", "warmup": 0, "rank_fraction": 0.25},
-    # blocks of 32: each 64 x 64 matrix is 4 blocks, each 64 x 192 one 12
-    "soap": {"type": "soap", "warmup": 0, "block_size": 32, "precondition_frequency": 2},
+    # blocks of 32: each 64 x 64 matrix is 4 blocks, each 64 x 192 one 12. No clip: the global
+    # norm is summed over the devices' shards in another order, so with the clip on every gradient
+    # differs from the one-device one in its last bit; the factors of these noise gradients have
+    # near-equal small eigenvalues, whose eigenvectors eigh then picks differently (both bases
+    # diagonalise the factor to float32 rounding), and SOAP's trajectories part (rel err 0.86). With
+    # equal inputs the 8-device work is the one-device work bit for bit.
+    "soap": {
+        "type": "soap",
+        "warmup": 0,
+        "block_size": 32,
+        "precondition_frequency": 2,
+        "max_grad_norm": 0.0,
+    },
     "kron": {"type": "kron", "warmup": 0, "block_size": 32, "preconditioner_update_probability": 1.0},
 }
 
-TOLERANCE = {"soap": 1e-4, "kron": 1e-4}
+TOLERANCE = {"kron": 1e-4}
 """8 devices vs 1 over 5 steps, relative to the parameters' change: the same float32 work on the
 same matrices, only reductions (the embedding's, the norms', a factor's ``G G^T``) summed in
-another order; SOAP's eigenbases and Kron's triangular fits carry that rounding a little further."""
+another order; Kron's triangular fits carry that rounding a little further."""
 DEFAULT_TOLERANCE = 1e-5
 
 
 @pytest.mark.slow
-def test_matrix_work_divides_over_eight_devices_with_the_same_numbers():
-    result = run_on_devices(SCRIPT, json.dumps(OPTIMIZERS))
-    for name, layouts in result.items():
-        for layout, r in layouts.items():
-            print(f"{name} {layout}: {r}")
-    for name, layouts in result.items():
-        for layout, r in layouts.items():
-            assert r["rel_err"] <= TOLERANCE.get(name, DEFAULT_TOLERANCE), (name, layout, r)
-            assert r["all_to_all"] > 0, (name, layout, "the matrices were not moved to their owners")
-            # state sharded like the parameters: 1/8 per device, but for arrays too small to divide
-            assert r["state_per_device"] <= r["state_total"] / 8 + r["small_state"], (name, layout, r)
-            # per-device FLOPs: each device's share of the matrices, and at most one extra matrix
-            # (or block) per shape; 28 matrices of two shapes over 8 devices: ceil(16/8) +
-            # ceil(12/8) = 4 per device for 3.5
-            assert r["flop_ratio"] <= 1.25, (name, layout, r)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_matrix_work_divides_over_eight_devices_with_the_same_numbers(name):
+    result = run_on_devices(SCRIPT, json.dumps(OPTIMIZERS[name]))
+    for layout, r in result.items():
+        print(f"{name} {layout}: {r}")
+    for layout, r in result.items():
+        assert r["rel_err"] <= TOLERANCE.get(name, DEFAULT_TOLERANCE), (layout, r)
+        assert r["all_to_all"] > 0, (layout, "the matrices were not moved to their owners")
+        # state sharded like the parameters: 1/8 per device, but for arrays too small to divide
+        assert r["state_per_device"] <= r["state_total"] / 8 + r["small_state"], (layout, r)
+        # per-device FLOPs: each device's share of the matrices, and at most one extra matrix
+        # (or block) per shape; 28 matrices of two shapes over 8 devices: ceil(16/8) +
+        # ceil(12/8) = 4 per device for 3.5
+        assert r["flop_ratio"] <= 1.25, (layout, r)
 
 
 def test_without_a_mesh_each_batch_is_its_own_call():
