@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from marin_optim import OptimizerConfig
-from marin_optim.cli import main
+from marin_optim.cli import main, parse_config
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -157,3 +157,45 @@ def test_show_writes_defaults_as_yaml_and_every_field_has_a_doc_line(capsys):
         for name, cls in registry.registered().items():
             undocumented = [f.name for f in dataclasses.fields(cls) if not cls.field_doc(f.name)]
             assert not undocumented, (name, undocumented)
+
+
+def _draccus_parse(config_cls: type, argv: list[str]):
+    """The reference: the same checks, then draccus's own parser (argparse) on the overrides."""
+    import draccus
+
+    from marin_optim.cli.parsing import _split_argv, check_keys, load_yaml
+
+    config_path, overrides = _split_argv(argv)
+    check_keys(config_cls, load_yaml(config_path) if config_path else {}, overrides)
+    args = [a for key, value in overrides.items() for a in (f"--{key}", value)]
+    return draccus.parse(config_class=config_cls, config_path=config_path, args=args, exit_on_error=False)
+
+
+def test_the_parser_builds_what_draccus_parse_builds(tmp_path):
+    """parse_config decodes the tree draccus's parser would: the file's values, the overrides read
+    as YAML over them, bare choice names, a wrapped optimizer given as one YAML value, lists."""
+    from marin_optim.speedrun import SpeedrunConfig
+
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "model: {preset: nano}\ntrain: {num_train_steps: 50, batch_size: 8}\n"
+        "optimizer: {type: lion, learning_rate: 3.0e-4, lr_schedule: {type: wsd, decay_fraction: 0.3}}\n"
+    )
+    cases = [
+        [
+            "--config_path", str(path),
+            "--optimizer.beta2", "0.98", "--optimizer.lr_schedule.decay_fraction", "0.5",
+        ],
+        ["--optimizer.type", "lion", "--optimizer.lr_schedule", "linear", "--train.seq_len=32"],
+        [
+            "--optimizer.type", "sam",
+            "--optimizer.base",
+            "{type: adamw, learning_rate: 3e-3, beta2: 0.9, weight_decay_modules: [lm_head]}",
+            "--model.num_layers", "3", "--output_dir", "null",
+        ],
+    ]  # fmt: skip
+    for argv in cases:
+        ours = parse_config(SpeedrunConfig, argv)
+        assert ours == _draccus_parse(SpeedrunConfig, argv), argv
+    assert ours.optimizer.base.weight_decay_modules == ["lm_head"] and ours.model.num_layers == 3
+    assert ours.output_dir is None
