@@ -7,6 +7,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # batched LAPACK calls crawl with many threads
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -36,7 +38,33 @@ import jax  # noqa: E402
 jax.devices()
 
 
-def pytest_unconfigure(config) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--extended",
+        action="store_true",
+        help="also run the extended tier: the tests marked `extended` and deeper fuzzing",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The default tier (what CI runs) leaves out the tests marked `extended`: each repeats on
+    # another optimizer, layout or entry point what a default-tier test checks, or checks a
+    # host-specific switch. `pytest --extended` runs them too.
+    if config.getoption("--extended"):
+        return
+    extended = [item for item in items if item.get_closest_marker("extended")]
+    if extended:
+        config.hook.pytest_deselected(items=extended)
+        items[:] = [item for item in items if not item.get_closest_marker("extended")]
+
+
+@pytest.fixture
+def extended(request: pytest.FixtureRequest) -> bool:
+    """Whether this session runs the extended tier (``pytest --extended``)."""
+    return bool(request.config.getoption("--extended"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
     # the session that made the cache (not an xdist worker, which inherits it) removes it
     if _OWN_CACHE and not hasattr(config, "workerinput"):
         shutil.rmtree(os.environ[_CACHE_ENV], ignore_errors=True)

@@ -295,6 +295,7 @@ SHARDING_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_eight_devices_give_the_one_device_update() -> None:
     """mini (per-head and per-neuron means across sharded axes), adamH and muonH (per-matrix
     norms, and muonH's Newton-Schulz, across sharded axes) on the speedrun model, FSDP x

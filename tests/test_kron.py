@@ -338,6 +338,7 @@ SHARDING_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_eight_device_update_equals_one_device():
     """Data 4 x model 2, blocks of 32 (the matrices cut into 2x3 and 1x1x1 blocks): 5 steps on
     sharded parameters equal the one-device steps to float32 rounding of the fits, and the

@@ -414,6 +414,7 @@ SHARDING_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_sharded_update_keeps_sharding_and_matches_one_device() -> None:
     configs = {
         "muon": {"type": "muon", "ns_dtype": "float32", "weight_decay": 0.1, "warmup": 0},

@@ -344,6 +344,7 @@ def test_benchmark_bare_rows_of_a_wrapper_set_its_base(benchmark_module, name):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_benchmark_quick_run_writes_json(benchmark_module, tmp_path):
     out = tmp_path / "result.json"
     argv = ["--quick", "--optimizers", "adamw", "--params", "100k", "--out", str(out)]

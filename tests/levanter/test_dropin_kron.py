@@ -21,7 +21,9 @@ import pytest
 from dropin import KRON, levanter_block, load_levanter, load_ours, parameter_change, relative_difference
 from jax.sharding import Mesh
 
-pytestmark = pytest.mark.slow  # Levanter's side runs eagerly: ~1 min per test on 2 cores
+# Levanter's side runs eagerly: ~1 min per test on 2 cores, so the extended tier's (pytest --extended);
+# the default tier checks our Kron against its written rule (tests/test_kron.py)
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 def _difference(**fields):

@@ -36,7 +36,9 @@ from jax.sharding import Mesh
 
 SOAP = 1e-5
 
-pytestmark = pytest.mark.slow  # Levanter's side runs eagerly: ~1-2 min per test on 2 cores
+# Levanter's side runs eagerly: ~1 min per test on 2 cores, so the extended tier's (pytest --extended);
+# the default tier checks our SOAP against its written rule (tests/test_soap.py)
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 draccus.decode.register(np.dtype, np.dtype)
 

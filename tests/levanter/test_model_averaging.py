@@ -77,6 +77,7 @@ def test_trainer_config_names_ours_and_loads_back():
     assert draccus.decode(TrainerConfig, saved).model_averaging == config.model_averaging
 
 
+@pytest.mark.extended
 def test_ema_decay_sqrt_in_levanters_train_lm(tmp_path):
     """Levanter's trainer keeps our average beside its state, updates it in its jitted step and
     evaluates at it."""

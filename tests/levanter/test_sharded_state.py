@@ -50,7 +50,12 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize(
     "optimizer",
-    [{"type": "adamw"}, {"type": "muon"}, {"type": "lion", "skip_bad_steps": True}],
+    [
+        # adamw's moments: the extended tier's (muon's AdamW branch has them too)
+        pytest.param({"type": "adamw"}, marks=pytest.mark.extended),
+        {"type": "muon"},
+        {"type": "lion", "skip_bad_steps": True},
+    ],
     ids=lambda o: o["type"],
 )
 def test_optimizer_state_is_sharded_like_the_parameters(tmp_path, optimizer):

@@ -28,8 +28,13 @@ pytestmark = pytest.mark.slow
             "group_overrides": [{"params": ["lm_head*"], "lr_multiplier": 0.5, "name": "head"}],
         },
         {"type": "marin_optim.sam", "base": {"type": "adamw", "learning_rate": 3e-3}},
-        {"type": "marin_optim.optax_adamw", "learning_rate": 3e-3},
-        {"type": "marin_optim.sophia", "learning_rate": 3e-3, "update_interval": 4},
+        # the extended tier's (pytest --extended): an optax-signature config, and the other
+        # optimizer that takes obj_fn (after SAM)
+        pytest.param({"type": "marin_optim.optax_adamw", "learning_rate": 3e-3}, marks=pytest.mark.extended),
+        pytest.param(
+            {"type": "marin_optim.sophia", "learning_rate": 3e-3, "update_interval": 4},
+            marks=pytest.mark.extended,
+        ),
     ],
     ids=["lion", "sam", "optax_adamw", "sophia"],
 )
@@ -94,6 +99,7 @@ def test_a_users_own_class_chosen_on_levanters_command_line(tmp_path):
     assert "optim/grad_norm" not in run.metrics[11]  # its own build: no marin_optim statistics
 
 
+@pytest.mark.extended
 def test_the_python_form_of_the_levanter_example_trains(tmp_path):
     """experiments/levanter/speedrun.py: TrainLmConfig(optimizer=MuonConfig(...)), Levanter's main."""
     script = REPO / "experiments" / "levanter" / "speedrun.py"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from levanter_runs import ADAM, LEVANTER_MUON, OUR_MUON, series, train
 
-pytestmark = pytest.mark.slow
+# one worker runs the module: its tests share the module fixtures (pytest -n 2 --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train_lm_parity")]
 
 
 @pytest.fixture(scope="module")

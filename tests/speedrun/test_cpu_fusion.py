@@ -104,6 +104,7 @@ print(json.dumps({{"rc": rc, "header": [l for l in lines if "mesh:" in l],
 """
 
 
+@pytest.mark.extended
 def test_speedrun_cli_switches_the_pass_on_with_the_same_results(tmp_path):
     runs = {}
     for setting in ("1", "0"):

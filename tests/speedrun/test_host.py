@@ -86,6 +86,7 @@ def _speedrun(tmp_path, name: str, **env: str) -> tuple[str, bool]:
     return header, recorded
 
 
+@pytest.mark.extended
 def test_the_speedrun_program_restarts_with_huge_pages_where_that_helps(tmp_path):
     clean = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", host.REEXEC_MARKER)}
     expected = host.reexec_reason(clean) is None or host.malloc_hugepages(clean)

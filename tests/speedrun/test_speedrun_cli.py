@@ -148,6 +148,7 @@ def test_experiment_scripts_hold_their_configs():
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_user_defined_adamax_script_runs_with_overrides(tmp_path):
     out = tmp_path / "adamax"
     proc = subprocess.run(
@@ -167,6 +168,7 @@ def test_user_defined_adamax_script_runs_with_overrides(tmp_path):
     assert "learning_rate" in rows[-1] and "grad_norm" not in rows[-1] and "weight_decay" not in rows[-1]
 
 
+@pytest.mark.extended
 def test_params_prints_groups_weight_decay_and_update_rules(capsys):
     """`marin-optim params`: the weight-decay mask and groups resolved on the speedrun model."""
     rc = main(

@@ -74,6 +74,7 @@ def test_nan_gradient_is_skipped_counted_and_the_run_finishes(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_loss_spike_is_skipped_by_skip_bad_steps(tmp_path):
     run_dir = tmp_path / "spike"
     cfg = tiny_config(
@@ -101,6 +102,7 @@ def test_loss_spike_is_skipped_by_skip_bad_steps(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_run_that_stays_non_finite_stops_with_one_line_and_publishes_nothing(tmp_path, capsys):
     run_dir = tmp_path / "diverged"
     cfg = tiny_config(run_dir, *ONE_DEVICE, "--optimizer.max_nonfinite_steps", "3")

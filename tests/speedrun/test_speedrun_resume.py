@@ -183,6 +183,7 @@ def lr_at(run_dir, step: int) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_optimizer_resume_override_takes_the_configs_values(stopped_at_4, finished, tmp_path, capsys):
     rc, out, err, run_dir = resume(capsys, stopped_at_4, tmp_path, "--optimizer.learning_rate", "0.001",
                                    "--optimizer_resume", "override")  # fmt: skip
@@ -194,6 +195,7 @@ def test_optimizer_resume_override_takes_the_configs_values(stopped_at_4, finish
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_optimizer_resume_checkpoint_keeps_the_checkpoints_values_except_fixed_fields(
     stopped_at_4, finished, tmp_path, capsys
 ):
@@ -209,6 +211,7 @@ def test_optimizer_resume_checkpoint_keeps_the_checkpoints_values_except_fixed_f
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_different_optimizer_needs_reset_optimizer_state(stopped_at_4, finished, tmp_path, capsys):
     rc, _, err, _ = resume(capsys, stopped_at_4, tmp_path, "--optimizer.type", "lion")
     assert rc == 2 and err.count("\n") == 1

@@ -105,8 +105,11 @@ def test_markov_floor_and_gradient_accumulation(tiny):
     "optimizer",
     [
         {"type": "sam"},
-        {"type": "schedule_free_adamw"},
-        {"type": "adam", "model_averaging": {"type": "ema", "beta": 0.5}},
+        # the averaged evaluation point twice more: the extended tier's (pytest --extended)
+        pytest.param({"type": "schedule_free_adamw"}, marks=pytest.mark.extended),
+        pytest.param(
+            {"type": "adam", "model_averaging": {"type": "ema", "beta": 0.5}}, marks=pytest.mark.extended
+        ),
     ],
 )
 def test_optimizers_needing_the_loss_closure_or_an_averaged_eval_point(tiny, optimizer):

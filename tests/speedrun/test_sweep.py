@@ -225,6 +225,7 @@ def sweep_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.extended
 def test_sweep_cli_end_to_end_with_workers_then_resumed(tmp_path):
     out = tmp_path / "sweep"
     args = ["lion", *SWEEP_ARGS, *BASE_ARGS, "--output_dir", str(out)]
