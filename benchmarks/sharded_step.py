@@ -85,8 +85,8 @@ def run(names: str, device_counts: list[int], unspread: bool) -> list[dict]:
 def table(rows: list[dict]) -> str:
     one = {r["optimizer"].split(" (")[0]: r for r in rows if r["devices"] == 1 and "error" not in r}
     lines = [
-        "| optimizer | devices | GFLOP/device | ideal | x ideal | MB accessed/device | state MB/device "
-        "(total/N) | all-gather MB (n) | all-reduce MB (n) | all-to-all MB (n) |",
+        "| optimizer | devices | GFLOP/device | ideal | x ideal | MB accessed/device unfused (fused) "
+        "| state MB/device (total/N) | all-gather MB (n) | all-reduce MB (n) | all-to-all MB (n) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -98,7 +98,8 @@ def table(rows: list[dict]) -> str:
         c = r["collectives"]
         lines.append(
             f"| `{r['optimizer']}` | {r['devices']} | {r['gflop']:.3f} | {ideal:.3f} | "
-            f"{r['gflop'] / ideal if ideal else float('nan'):.2f} | {r['mb_accessed']:,.0f} | "
+            f"{r['gflop'] / ideal if ideal else float('nan'):.2f} | "
+            f"{r['mb_accessed_unfused']:,.0f} ({r['mb_accessed']:,.0f}) | "
             f"{r['state_bytes_per_device'] / 1e6:.2f} ({r['state_bytes'] / 1e6 / r['devices']:.2f}) | "
             + " | ".join(
                 f"{c[k]['mb']:.1f} ({c[k]['count']})" for k in ("all-gather", "all-reduce", "all-to-all")

@@ -16,6 +16,11 @@ result back to the devices that hold its parameter's pieces (:func:`divided_insi
 ``ceil(k / N)`` of ``k`` items: ``total / N`` when the count divides, never more than one extra.
 :func:`spread_matrices` stacks every leaf's matrices of one shape into such a batch
 (Newton–Schulz, Dion's step); :func:`spread_blocks` does the same with SOAP's and Kron's blocks.
+With fewer matrices of each shape than devices (28 matrices of two shapes on 32 devices), each
+device would run one of every shape; where ``fn`` commutes with zero padding (Newton–Schulz does)
+the stacks of several shapes are padded to a common one and shared out together when that lowers
+the most work any device does (:func:`padded_stacks`): one 512 x 1536 matrix a device instead
+of one of those and one 512 x 512.
 Without a mesh, or on one device, ``fn`` runs as it is. The numbers are the same either way: a
 step on an item does not depend on where it runs.
 
@@ -110,7 +115,11 @@ def _to_owners(x: jax.Array, spec: PartitionSpec, axes: tuple[str, ...], share: 
     axis = _divided_axis(spec)
     if axis is None:  # the whole stack is here: take this device's items
         return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(axes) * share, share)
-    return jax.lax.all_to_all(x, axes, 0, axis, tiled=True)
+    # the divided axis moved next to the batch axis for the all-to-all (a no-op when it is there):
+    # XLA:CPU's HLO verifier rejects some all-to-alls that join one item per device along a later
+    # axis (grug_muon's 4 x 512 norm gains on 8 devices: "operands with different shapes")
+    x = jnp.moveaxis(x, axis, 1)
+    return jnp.moveaxis(jax.lax.all_to_all(x, axes, 0, 1, tiled=True), 1, axis)
 
 
 def _from_owners(y: jax.Array, spec: PartitionSpec, axes: tuple[str, ...]) -> jax.Array:
@@ -118,7 +127,8 @@ def _from_owners(y: jax.Array, spec: PartitionSpec, axes: tuple[str, ...]) -> ja
     axis = _divided_axis(spec)
     if axis is None:
         return jax.lax.all_gather(y, axes, axis=0, tiled=True)
-    return jax.lax.all_to_all(y, axes, axis, 0, tiled=True)
+    y = jnp.moveaxis(y, axis, 1)  # as in _to_owners
+    return jnp.moveaxis(jax.lax.all_to_all(y, axes, 1, 0, tiled=True), 1, axis)
 
 
 def divided_inside(y: jax.Array) -> jax.Array:
@@ -138,7 +148,11 @@ def _is_wide(x: jax.Array) -> bool:
 
 
 def spread_matrices(
-    fn: Callable[[Any], Any], batches: Sequence[Any], *, transposable: bool = True
+    fn: Callable[[Any], Any],
+    batches: Sequence[Any],
+    *,
+    transposable: bool = True,
+    padded_cost: Callable[[tuple[int, ...]], float] | None = None,
 ) -> list[Any]:
     """``[fn(b) for b in batches]``, the batches of one shape stacked and divided over the mesh.
 
@@ -148,6 +162,13 @@ def spread_matrices(
     ``transposable`` (single arrays only), ``fn`` commutes with transposition (``fn(x^T) =
     fn(x)^T`` per matrix, true of Newton–Schulz), so a tall ``n x m`` and a wide ``m x n`` batch
     stack as one shape, the tall ones transposed.
+
+    ``padded_cost`` (single arrays only) says ``fn`` commutes with zero padding (``fn`` of a
+    matrix padded with zero rows and columns is ``fn`` of the matrix, padded: true of
+    Newton–Schulz, whose Frobenius norm and products the zeros leave alone) and gives the cost of
+    ``fn`` on one item of a shape; stacks of different shapes are then padded to a common shape
+    and shared out as one where :func:`padded_stacks` finds that it lowers the most work a device
+    does. Without a mesh nothing is padded.
     """
     devices, _ = mesh_devices()
     if devices <= 1 or not batches:
@@ -158,20 +179,89 @@ def spread_matrices(
     for i, part in enumerate(parts):
         key = (jax.tree.structure(part), *((x.shape[1:], x.dtype) for x in jax.tree.leaves(part)))
         groups.setdefault(key, []).append(i)
+    stacks = list(groups.values())
+    if padded_cost is not None and all(hasattr(p, "shape") for p in parts):
+        by_dtype: dict[Any, list[list[int]]] = {}
+        for members in stacks:
+            by_dtype.setdefault(parts[members[0]].dtype, []).append(members)
+        stacks = []
+        for same in by_dtype.values():
+            shapes = [parts[m[0]].shape[1:] for m in same]
+            counts = [sum(parts[i].shape[0] for i in m) for m in same]
+            for joined in padded_stacks(shapes, counts, devices, padded_cost):
+                stacks.append([i for j in joined for i in same[j]])
     out: list[Any] = [None] * len(batches)
-    for members in groups.values():
+    for members in stacks:
         sizes = [jax.tree.leaves(parts[i])[0].shape[0] for i in members]
+        padded = [parts[i] for i in members]
+        items: list[tuple[int, ...]] = [()] * len(members)  # each member's item shape, if padded
+        if len({getattr(x, "shape", (0,))[1:] for x in padded}) > 1:  # joined by padded_stacks
+            common = tuple(max(dims) for dims in zip(*(x.shape[1:] for x in padded), strict=True))
+            items = [x.shape[1:] for x in padded]
+            padded = [_zero_padded(x, common) for x in padded]
         stack = jax.tree.map(
-            lambda *xs: jnp.concatenate([divided_inside(x) for x in xs]) if len(xs) > 1 else xs[0],
-            *[parts[i] for i in members],
+            lambda *xs: jnp.concatenate([divided_inside(x) for x in xs]) if len(xs) > 1 else xs[0], *padded
         )
         result = on_owners(fn, 1, stack)  # laid out to be cut into the members' pieces
         start = 0
-        for i, size in zip(members, sizes, strict=True):
-            piece = jax.tree.map(lambda y, start=start, size=size: y[start : start + size], result)
+        for i, size, item in zip(members, sizes, items, strict=True):
+            cut = (slice(start, start + size), *(slice(0, n) for n in item))
+            piece = jax.tree.map(lambda y, cut=cut: y[cut], result)
             out[i] = piece.mT if flips[i] else piece
             start += size
     return out
+
+
+def _zero_padded(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """The stack ``x`` with zeros after each item's axes up to ``shape``."""
+    if x.shape[1:] == shape:
+        return x
+    return jnp.pad(x, [(0, 0), *((0, n - m) for m, n in zip(x.shape[1:], shape, strict=True))])
+
+
+MAX_PADDED_SHAPES = 8
+""":func:`padded_stacks` tries every way of joining up to this many shapes (4,140 for 8); with
+more, each shape keeps its own stack."""
+
+
+def padded_stacks(
+    shapes: Sequence[tuple[int, ...]],
+    counts: Sequence[int],
+    devices: int,
+    cost: Callable[[tuple[int, ...]], float],
+) -> list[list[int]]:
+    """Which stacks (``counts[i]`` items of ``shapes[i]``) to zero-pad to a common shape and share
+    out together over ``devices``: the partition of the stacks that minimises the work of the
+    busiest device, ``sum over joined stacks of ceil(items / devices) * cost(common shape)``, the
+    common shape being the largest of each axis. Ties keep the stacks apart (no padding). With 16
+    matrices of 512 x 512 and 12 of 512 x 1536, on 8 devices each shape keeps its stack (2 + 2
+    items a device); on 32 they are joined (one 512 x 1536 a device instead of one of each)."""
+    n = len(shapes)
+    if n <= 1 or n > MAX_PADDED_SHAPES:
+        return [[i] for i in range(n)]
+
+    def price(partition: list[list[int]]) -> tuple[float, int]:
+        work, volume = 0.0, 0
+        for joined in partition:
+            common = tuple(max(dims) for dims in zip(*(shapes[i] for i in joined), strict=True))
+            items = sum(counts[i] for i in joined)
+            work += math.ceil(items / devices) * cost(common)
+            volume += items * math.prod(common)
+        return work, volume
+
+    return sorted(min(_partitions(list(range(n))), key=price))
+
+
+def _partitions(items: list[int]) -> Any:
+    """Every partition of ``items`` into non-empty lists (Bell(len(items)) of them)."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for partition in _partitions(rest):
+        yield [[first], *partition]
+        for i in range(len(partition)):
+            yield [*partition[:i], [first, *partition[i]], *partition[i + 1 :]]
 
 
 def spread_blocks(fn: Callable[[Any], Any], items: Sequence[Any], leads: Sequence[int]) -> list[Any]:

@@ -151,7 +151,7 @@ def scale_by_muon(
                 (shape_scale(view, lr_scaling) * o).astype(raw_array(g).dtype), view, like=d
             )
 
-        out = map_orthogonalized(one, ns, views, direction, updates, who="scale_by_muon")
+        out = map_orthogonalized(one, ns, views, direction, updates, who="scale_by_muon", padded=True)
         return out, ScaleByMuonState(momentum=buffers)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -227,7 +227,14 @@ def scale_by_normuon(
             return _Pair(restore_layout(u, view, like=g), v_next)
 
         pairs = map_orthogonalized(
-            one, ns, views, direction, updates, state.neuron_second_moment, who="scale_by_normuon"
+            one,
+            ns,
+            views,
+            direction,
+            updates,
+            state.neuron_second_moment,
+            who="scale_by_normuon",
+            padded=True,
         )
         is_pair = lambda x: isinstance(x, _Pair)
         out = jax.tree.map(lambda p: p.update if is_pair(p) else p, pairs, is_leaf=is_pair)

@@ -142,6 +142,7 @@ def _namo(
             decays,
             who=who,
             dtype=jnp.float32,
+            padded=True,
         )
         is_pair = lambda x: isinstance(x, _Pair)
         out = jax.tree.map(lambda q: q.update if is_pair(q) else q, pairs, is_leaf=is_pair)

@@ -187,6 +187,14 @@ def newton_schulz(
     return jax.vmap(one)(flat).reshape((*batch, *x.shape[-2:]))
 
 
+def newton_schulz_step_flops(shape: Sequence[int]) -> float:
+    """The matrix-product FLOPs of one Newton–Schulz step on an ``m x n`` matrix (``m <= n`` after
+    orientation): ``X X^T`` and ``A X`` take ``2 m^2 n`` each, ``A A`` ``2 m^3``. The cost by which
+    :func:`~marin_optim.transforms.distributed.padded_stacks` shares matrices out."""
+    m, n = sorted(shape[-2:])
+    return 4.0 * m * m * n + 2.0 * m**3
+
+
 def orthogonalize_by_newton_schulz(
     axes: Callable[[PyTree], PyTree] | None = None,
     *,
@@ -211,7 +219,7 @@ def orthogonalize_by_newton_schulz(
         ns = lambda m: newton_schulz(m, coefficients=coefficients, steps=steps, eps=eps, dtype=dtype)
         one = lambda view, o, u: restore_layout(o, view, like=u)
         return map_orthogonalized(
-            one, ns, axes_fn(updates), updates, who="orthogonalize_by_newton_schulz"
+            one, ns, axes_fn(updates), updates, who="orthogonalize_by_newton_schulz", padded=True
         ), state
 
     return optax.GradientTransformation(_empty_state, update_fn)
@@ -247,6 +255,7 @@ def map_orthogonalized(
     dtype: Any = None,
     item: Callable[..., Any] | None = None,
     transposable: bool = True,
+    padded: bool = False,
 ) -> PyTree:
     """``map_with_axes(lambda view, x, *r: one(view, ns(X), x, *r), axes_tree, first, *rest)``
     with ``X`` the leaf ``x`` of ``first`` as ``(num_matrices, fan_out, fan_in)`` (cast to
@@ -257,7 +266,9 @@ def map_orthogonalized(
     ``item(view, x, *r)``, if given, makes ``X`` instead: a batch, or a tuple of batches sharing
     the first axis (a matrix with its optimizer's factors, as Dion's step takes); ``transposable``
     says ``ns`` commutes with transposing each matrix (true of Newton–Schulz; pass ``False``
-    when ``ns`` takes tuples or is not)."""
+    when ``ns`` takes tuples or is not). ``padded``: ``ns`` is :func:`newton_schulz`, which commutes
+    with zero padding, so matrices of several shapes may be padded to one and shared out together
+    (``spread_matrices``' ``padded_cost``, with :func:`newton_schulz_step_flops`)."""
     batches: list[Any] = []
 
     def as_matrices(view: MatrixAxes, x: Any, *_: Any) -> jax.Array:
@@ -268,7 +279,8 @@ def map_orthogonalized(
     map_with_axes(
         lambda view, *xs: batches.append(make(require_matrix(view, who), *xs)), axes_tree, first, *rest
     )
-    results = iter(spread_matrices(ns, batches, transposable=transposable))
+    cost = newton_schulz_step_flops if padded else None
+    results = iter(spread_matrices(ns, batches, transposable=transposable, padded_cost=cost))
     return map_with_axes(lambda view, x, *r: one(view, next(results), x, *r), axes_tree, first, *rest)
 
 
