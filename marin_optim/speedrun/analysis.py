@@ -88,9 +88,9 @@ def unfused_cost(lowered: jax.stages.Lowered) -> dict[str, float]:
     the N slices an all-to-all is split into), and the cost analysis charges every copy for the
     producer's whole array, though each computes only the part its consumer reads: ``x * 2 + 1``
     of a 6.3 MB array per device, sent by an all-to-all over 32 devices, counts 245 MB of bytes
-    accessed fused and 101 MB unfused. So both counts grow with the device count in the fused
-    program; unfused, each operation counts once (an upper bound on the fused program's traffic
-    otherwise: fusion only removes the intermediates' reads and writes)."""
+    accessed fused and 101 MB unfused. So the fused counts of a divided update overstate its work,
+    the more the more devices share it; unfused, each operation counts once (an upper bound on the
+    fused program's traffic otherwise: fusion only removes the intermediates' reads and writes)."""
     cost = lowered.compile(compiler_options={"xla_disable_hlo_passes": "fusion"}).cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return {"flops": float(cost.get("flops", 0.0)), "bytes accessed": float(cost.get("bytes accessed", 0.0))}

@@ -37,7 +37,7 @@ device; :func:`undivided_state` names those for the run header.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import haliax as hax
@@ -252,7 +252,7 @@ def padded_stacks(
     return sorted(min(_partitions(list(range(n))), key=price))
 
 
-def _partitions(items: list[int]) -> Any:
+def _partitions(items: list[int]) -> Iterator[list[list[int]]]:
     """Every partition of ``items`` into non-empty lists (Bell(len(items)) of them)."""
     if not items:
         yield []
