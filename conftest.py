@@ -60,7 +60,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def extended(request: pytest.FixtureRequest) -> bool:
-    """Whether this session runs the extended tier (``pytest --extended``)."""
+    """Whether this pytest run runs the extended tier (``pytest --extended``)."""
     return bool(request.config.getoption("--extended"))
 
 

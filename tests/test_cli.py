@@ -9,6 +9,7 @@ import pytest
 
 from marin_optim import OptimizerConfig
 from marin_optim.cli import main, parse_config
+from marin_optim.cli.parsing import parse_config_with_draccus
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -159,18 +160,6 @@ def test_show_writes_defaults_as_yaml_and_every_field_has_a_doc_line(capsys):
             assert not undocumented, (name, undocumented)
 
 
-def _draccus_parse(config_cls: type, argv: list[str]):
-    """The reference: the same checks, then draccus's own parser (argparse) on the overrides."""
-    import draccus
-
-    from marin_optim.cli.parsing import _split_argv, check_keys, load_yaml
-
-    config_path, overrides = _split_argv(argv)
-    check_keys(config_cls, load_yaml(config_path) if config_path else {}, overrides)
-    args = [a for key, value in overrides.items() for a in (f"--{key}", value)]
-    return draccus.parse(config_class=config_cls, config_path=config_path, args=args, exit_on_error=False)
-
-
 def test_the_parser_builds_what_draccus_parse_builds(tmp_path):
     """parse_config decodes the tree draccus's parser would: the file's values, the overrides read
     as YAML over them, bare choice names, a wrapped optimizer given as one YAML value, lists."""
@@ -196,6 +185,6 @@ def test_the_parser_builds_what_draccus_parse_builds(tmp_path):
     ]  # fmt: skip
     for argv in cases:
         ours = parse_config(SpeedrunConfig, argv)
-        assert ours == _draccus_parse(SpeedrunConfig, argv), argv
+        assert ours == parse_config_with_draccus(SpeedrunConfig, argv), argv
     assert ours.optimizer.base.weight_decay_modules == ["lm_head"] and ours.model.num_layers == 3
     assert ours.output_dir is None

@@ -218,6 +218,16 @@ def parse_config(config_cls: type[T], argv: Sequence[str]) -> T:
         raise ConfigError(one_line(e)) from e
 
 
+def parse_config_with_draccus(config_cls: type[T], argv: Sequence[str]) -> T:
+    """:func:`parse_config`'s reference: the same checks, then ``draccus.parse`` itself (its
+    argparse parser, 4-6 s a command line with every optimizer registered) on the overrides.
+    ``tests/test_cli.py`` asserts both give the same config; ``benchmarks/cli_parse.py`` times both."""
+    config_path, overrides = _split_argv(argv)
+    check_keys(config_cls, load_yaml(config_path) if config_path else {}, overrides)
+    args = [a for key, value in overrides.items() for a in (f"--{key}", value)]
+    return draccus.parse(config_class=config_cls, config_path=config_path, args=args, exit_on_error=False)
+
+
 def _draccus_tree(config_path: str | None, overrides: dict[str, str]) -> dict[str, Any]:
     """The tree ``draccus.parse`` decodes, built as it builds it but without its argparse parser:
     the config file's tree (draccus's loader), each override's value read as draccus reads one
