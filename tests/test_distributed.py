@@ -330,3 +330,75 @@ def test_state_placement_rule():
     state = {"q": jnp.zeros((7, 7, 7, 7)), "v": jnp.zeros((16, 256)), "count": jnp.zeros(())}
     assert undivided_state(state, 8) == ["['q']"]
     assert undivided_state(state, 1) == []
+
+
+def test_the_update_is_timed_on_this_machines_devices_with_its_state_fed_forward():
+    """``analyse_update(..., wall_steps=k)`` runs the compiled update k times after two untimed
+    calls (what ``benchmarks/sharded_step.py --devices local --wall k`` reports on a GPU), each
+    call on the state the one before left; its counts are those of the untimed analysis. No time
+    is asserted, only what was run."""
+    import optax
+
+    from marin_optim.speedrun import analysis
+    from marin_optim.speedrun.mesh import MeshConfig
+    from marin_optim.speedrun.model import ModelConfig
+
+    model = ModelConfig(hidden_dim=32, intermediate_dim=64, num_heads=2, num_kv_heads=2, num_layers=2)
+    cfg, mesh = OptimizerConfig.from_dict({"type": "adamw"}), MeshConfig(data=1, model=1)
+    seen, original = [], analysis.wall_ms
+
+    def spying(compiled, *args):
+        def call(grads, state, params):  # the step count each call is given
+            seen.append(int(optax.tree_utils.tree_get_all_with_path(state, "count")[0][1]))
+            return compiled(grads, state, params)
+
+        return original(call, *args)
+
+    analysis.wall_ms = spying
+    try:
+        timed = analysis.analyse_update(cfg, model, mesh, flops=False, wall_steps=3)
+    finally:
+        analysis.wall_ms = original
+    assert seen == [0, 1, 2, 3, 4] and timed["wall_steps"] == 3
+    assert 0 < timed["wall_ms_min"] <= timed["wall_ms_median"] and timed["wall_ms_min"] <= timed["wall_ms"]
+    untimed = analysis.analyse_update(cfg, model, mesh, flops=False)
+    assert {k: v for k, v in timed.items() if not k.startswith("wall")} == untimed
+
+
+def test_sharded_step_table_and_device_arguments():
+    """The benchmark's table shows the wall-time column only when a row has one and a dash where
+    no unfused compile ran; a device count that is neither positive nor ``local`` is refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "sharded_step.py"
+    sys.path.insert(0, str(path.parent))
+    try:
+        import sharded_step
+    finally:
+        sys.path.remove(str(path.parent))
+    none = {k: {"count": 0, "mb": 0.0} for k in ("all-gather", "all-reduce", "all-to-all")}
+    row = {
+        "optimizer": "muon",
+        "devices": 1,
+        "gflop": 2.0,
+        "mb_accessed": 30.0,
+        "mb_accessed_unfused": 40.0,
+        "state_bytes_per_device": 5e6,
+        "state_bytes": 5e6,
+        "collectives": none,
+    }
+    plain = sharded_step.table([row])
+    assert "wall" not in plain and "| `muon` | 1 | 2.000 | 2.000 | 1.00 | 40 (30) | 5.00 (5.00) |" in plain
+    gpu = {**row, "gflop": None, "platform": "gpu", "wall_ms": 3.5, "wall_ms_median": 3.25}
+    timed = sharded_step.table([gpu]).splitlines()
+    assert timed[0].endswith("wall ms/step mean (median) |")
+    assert timed[2].startswith("| `muon` | 1 gpu | — | — | — | — (30) |") and timed[2].endswith(
+        "| 3.50 (3.25) |"
+    )
+    assert all(line.count("|") == timed[0].count("|") for line in timed)
+    bad = subprocess.run([sys.executable, str(path), "--devices", "8,0"], capture_output=True, text=True)
+    assert (
+        bad.returncode == 2 and "--devices: '0' is neither a positive device count nor 'local'" in bad.stderr
+    )

@@ -4,14 +4,19 @@
 speedrun shards them, under the mesh in context as its trainer runs it, with the trainer's
 ``loss``/``obj_fn`` arguments) and reads the per-device program: FLOPs and bytes accessed
 (cost analysis), bytes of arguments and outputs (memory analysis), and the collectives in the
-HLO by kind. Counts, not timings: the same on any host. ``benchmarks/sharded_step.py`` prints
-them for 1, 8 and 32 simulated devices; ``tests/test_distributed.py`` asserts on them.
+HLO by kind. Counts, not timings: the same on any host. On request it also runs the compiled
+update on the devices (``wall_steps``) and gives the median wall time of a step, the one number
+that depends on the machine. ``benchmarks/sharded_step.py`` prints them for 1, 8 and 32
+simulated devices, or a machine's own accelerators; ``tests/test_distributed.py`` asserts on the
+counts.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import statistics
+import time
 from typing import Any
 
 import haliax as hax
@@ -96,14 +101,55 @@ def unfused_cost(lowered: jax.stages.Lowered) -> dict[str, float]:
     return {"flops": float(cost.get("flops", 0.0)), "bytes accessed": float(cost.get("bytes accessed", 0.0))}
 
 
+def wall_ms(
+    compiled: jax.stages.Compiled, tx: Any, model: ModelConfig, p_sh: Any, s_sh: Any, steps: int
+) -> dict[str, float]:
+    """Mean, median and minimum milliseconds of one call of ``compiled`` (the update of
+    :func:`analyse_update`) over ``steps`` calls, after two untimed ones: parameters initialised as
+    the speedrun initialises them, gradients drawn from a normal distribution at 1e-3, the state
+    fed from each step to the next, every step's outputs waited for before the clock stops. The
+    mean counts the steps that refresh a preconditioner every k steps (SOAP, Kron, Sophia) at
+    their share; the median is the common step."""
+    params = jax.jit(lambda k: Transformer.init(model, key=k), out_shardings=p_sh)(jax.random.PRNGKey(0))
+    state = jax.jit(tx.init, out_shardings=s_sh)(params)
+
+    def noise(key: jax.Array, p: Any) -> Any:
+        leaves, treedef = jax.tree.flatten(p)
+        keys = jax.random.split(key, len(leaves))
+        return treedef.unflatten(
+            [1e-3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+        )
+
+    grads = jax.jit(noise, out_shardings=p_sh)(jax.random.PRNGKey(1), params)
+    times = []
+    for i in range(steps + 2):
+        start = time.perf_counter()
+        updates, state = compiled(grads, state, params)
+        jax.block_until_ready((updates, state))
+        if i >= 2:
+            times.append((time.perf_counter() - start) * 1e3)
+    return {
+        "wall_ms": statistics.fmean(times),
+        "wall_ms_median": statistics.median(times),
+        "wall_ms_min": min(times),
+        "wall_steps": steps,
+    }
+
+
 def analyse_update(
-    cfg: OptimizerConfig, model: ModelConfig, mesh_cfg: MeshConfig, *, flops: bool = True
+    cfg: OptimizerConfig,
+    model: ModelConfig,
+    mesh_cfg: MeshConfig,
+    *,
+    flops: bool = True,
+    wall_steps: int = 0,
 ) -> dict[str, Any]:
     """One compiled update of ``cfg``'s optimizer for ``model``'s parameters on ``mesh_cfg``'s mesh
     (of this process's devices): per-device GFLOP, MB accessed, state bytes (at rest, from the
     shardings; and as the update leaves it, from the memory analysis of its outputs), collectives.
     GFLOP and unfused MB accessed by :func:`unfused_cost` (a second, unfused compile;
-    ``flops=False`` skips it and gives ``None`` for both)."""
+    ``flops=False`` skips it and gives ``None`` for both). ``wall_steps``: also run the update that
+    many times on the devices and give its wall time per step (:func:`wall_ms`)."""
     tx = cfg.build(1000)
     mesh = make_mesh(mesh_cfg)
     mapping = mesh_cfg.parameter_mapping()
@@ -123,6 +169,7 @@ def analyse_update(
 
         lowered = jax.jit(update, in_shardings=(p_sh, s_sh, p_sh)).lower(params, state, params)
         compiled = lowered.compile()
+        timed = wall_ms(compiled, tx, model, p_sh, s_sh, wall_steps) if wall_steps else {}
         unfused = unfused_cost(lowered) if flops else None
     replicated = [
         x
@@ -148,4 +195,7 @@ def analyse_update(
         "largest_replicated_state": max((math.prod(x.shape) for x in replicated), default=0),
         "undivided_state": undivided_state(state, mesh.size),
         "collectives": collective_bytes(compiled.as_text()),
+        "platform": jax.devices()[0].platform,
+        "device_kind": jax.devices()[0].device_kind,
+        **timed,
     }
