@@ -29,9 +29,11 @@ from marin_optim.errors import ConfigError
 from marin_optim.speedrun import results as res
 from marin_optim.speedrun.config import SpeedrunConfig
 from marin_optim.sweep.grids import GROWING, MAX_EXTENSIONS, check_value, significant
-from marin_optim.sweep.trials import Runner, Trial, TrialStore, run_all, stable_hash
+from marin_optim.sweep.trials import Runner, Trial, TrialStore, held, run_all, stable_hash
 
 DEFINITION = "definition.json"
+LOCK = ".lock"
+"""Held by the sweep running in a directory (a second one there is refused)."""
 DEFAULT_OUTPUT_DIR = "runs/sweep"
 
 
@@ -199,9 +201,23 @@ def run_search(
     log: Callable[[str], None] = print,
     force: bool = False,
 ) -> tuple[TrialStore, dict[str, Outcome]]:
-    """Every optimizer's search, run together; returns the trials and the outcomes."""
-    definition = sweep_definition(base, spec)
+    """Every optimizer's search, run together; returns the trials and the outcomes. The sweep
+    directory is :func:`~marin_optim.sweep.trials.held` meanwhile: a second sweep there is
+    refused."""
     root.mkdir(parents=True, exist_ok=True)
+    with held(root / LOCK, busy=f"sweep: another sweep is running in {root}; wait for it or stop it"):
+        return _search(base, spec, root, runner, log, force)
+
+
+def _search(
+    base: SpeedrunConfig,
+    spec: SweepSpec,
+    root: Path,
+    runner: Runner,
+    log: Callable[[str], None],
+    force: bool,
+) -> tuple[TrialStore, dict[str, Outcome]]:
+    definition = sweep_definition(base, spec)
     claim_directory(root, definition, force)
     store = TrialStore(root)
     if store.rows:

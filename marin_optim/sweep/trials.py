@@ -9,8 +9,10 @@ last checkpoint in ``trials/<key>/``). A trial whose non-finite guard stops it i
 trial with status ``failed``; any other error stops the sweep (a bug is not a result).
 
 Trials run in this process, in ``workers`` processes of this machine
-(``concurrent.futures.ProcessPoolExecutor``, spawned), or as Ray tasks on a cluster
-(:class:`RayRunner`, ``pip install 'marin-optim[ray]'``).
+(``concurrent.futures.ProcessPoolExecutor``, spawned; each stops when the sweep's process is
+gone, however it ended), or as Ray tasks on a cluster (:class:`RayRunner`, ``pip install
+'marin-optim[ray]'``). A trial's directory is locked while it runs (:func:`held`), so a trial is
+never run by two processes at once: a worker left over from a killed sweep, a second sweep.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
 import math
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,11 +69,26 @@ class Trial:
         object.__setattr__(self, "key", stable_hash(identity))
 
 
+@contextlib.contextmanager
+def held(path: str | Path, busy: str | None = None) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (``flock``; released when the block ends or the
+    process dies) while the block runs. Another holder, in this process or any other on the
+    machine: wait for it, or with ``busy``, raise ``ConfigError(busy)`` at once."""
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy is not None else 0))
+        except BlockingIOError:
+            raise ConfigError(busy) from None
+        yield
+
+
 def run_trial(base: dict[str, Any], trial: Trial, run_dir: str) -> dict[str, Any]:
     """Runs ``trial`` on the speedrun config ``base`` (a dict) in ``run_dir``; returns its row.
 
     A module-level function of plain data, so that a worker process or a Ray task can run it.
-    The speedrun's log goes to ``run_dir/trial.log``; an interrupted trial resumes there."""
+    The speedrun's log goes to ``run_dir/trial.log``; an interrupted trial resumes there. The
+    directory is :func:`held` meanwhile: a process already running this trial is waited for,
+    and its finished run is then read back (a resumed run at its last step)."""
     from marin_optim.config import OptimizerConfig
     from marin_optim.speedrun.config import SpeedrunConfig
     from marin_optim.speedrun.trainer import run_speedrun
@@ -92,7 +112,11 @@ def run_trial(base: dict[str, Any], trial: Trial, run_dir: str) -> dict[str, Any
         "steps": trial.steps,
         "run_dir": run_dir,
     }
-    with open(Path(run_dir) / "trial.log", "a") as log, contextlib.redirect_stdout(log):
+    with (
+        held(Path(run_dir) / ".lock"),
+        open(Path(run_dir) / "trial.log", "a") as log,
+        contextlib.redirect_stdout(log),
+    ):
         try:
             info = run_speedrun(cfg, log=lambda msg: print(msg, file=log, flush=True)).run_info
         except NonFiniteError as e:
@@ -150,8 +174,23 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
+def stop_with(parent: int, interval: float = 1.0) -> None:
+    """In a worker process: end it (``os._exit``) once ``parent`` is no longer its parent, checked
+    every ``interval`` seconds by a daemon thread. A pool's workers otherwise outlive a sweep
+    killed by a signal and go on running (and writing) trials; a trial they leave cut short
+    resumes from its last checkpoint when the sweep is run again."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="stop_with_parent").start()
+
+
 class LocalRunner:
-    """Trials in this process (``workers == 1``) or in ``workers`` spawned processes."""
+    """Trials in this process (``workers == 1``) or in ``workers`` spawned processes, each of
+    which stops when this process is gone (:func:`stop_with`)."""
 
     def __init__(self, workers: int = 1):
         if workers < 1:
@@ -164,17 +203,25 @@ class LocalRunner:
             for trial, run_dir in trials:
                 yield run_trial(base, trial, run_dir)
             return
-        if self._pool is None:
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn")
-            )
-        futures = [self._pool.submit(run_trial, base, trial, run_dir) for trial, run_dir in trials]
+        pool = self.pool()
+        futures = [pool.submit(run_trial, base, trial, run_dir) for trial, run_dir in trials]
         try:
             for future in concurrent.futures.as_completed(futures):
                 yield future.result()
         finally:
             for future in futures:
                 future.cancel()
+
+    def pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        """The worker processes (started on first use)."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=stop_with,
+                initargs=(os.getpid(),),
+            )
+        return self._pool
 
     def close(self) -> None:
         if self._pool is not None:

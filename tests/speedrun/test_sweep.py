@@ -205,6 +205,84 @@ def test_resume_reuses_finished_trials_and_refuses_another_sweep(tmp_path):
     assert {t.seed for t in third.ran} == {base.train.seed + 2}  # only the new seed's trials
 
 
+def test_a_second_sweep_in_a_directory_a_sweep_is_running_in_is_refused(tmp_path):
+    spec = bowl_spec(seeds=1, lengths=(1, 2))
+    base = tiny_config(tmp_path / "unused")
+    root = tmp_path / "sweep"
+    lr_star = 2 * spec.optimizers["lion"].learning_rate
+
+    class Intruder(Bowl):  # while its trials run, a second sweep starts in the same directory
+        def run(self, base: dict[str, Any], trials: list[tuple[Trial, str]]) -> Iterator[dict[str, Any]]:
+            with pytest.raises(ConfigError, match=f"another sweep is running in {root}"):
+                run_search(tiny, spec, root, Bowl(lr_star=lr_star), log=lambda _: None)
+            yield from super().run(base, trials)
+
+    tiny = base  # the base config, as the second sweep would be given it
+    first = Intruder(lr_star=lr_star)
+    store, _ = run_search(base, spec, root, first, log=lambda _: None)
+    again = Bowl(lr_star=lr_star)  # the first one has finished: the directory is free again
+    store2, _ = run_search(base, spec, root, again, log=lambda _: None)
+    assert not again.ran and store2.rows == store.rows
+
+
+def test_a_held_lock_is_waited_for_or_refused(tmp_path):
+    import threading
+    import time
+
+    from marin_optim.sweep.trials import held
+
+    path, order, taken = tmp_path / ".lock", [], threading.Event()
+
+    def holder() -> None:
+        with held(path):
+            taken.set()
+            time.sleep(0.5)
+            order.append("holder done")
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    taken.wait()
+    with pytest.raises(ConfigError, match=r"^busy$"):
+        with held(path, busy="busy"):
+            pass
+    with held(path):  # waits for the holder
+        order.append("second in")
+    thread.join()
+    assert order == ["holder done", "second in"]
+
+
+STOP_SCRIPT = """
+import os, time
+from marin_optim.sweep.trials import LocalRunner
+pool = LocalRunner(2).pool()
+print(sorted({f.result() for f in [pool.submit(os.getpid) for _ in range(8)]}), flush=True)
+pool.submit(time.sleep, 120)
+os._exit(0)  # as a kill would end the sweep: no shutdown of the pool
+"""
+
+
+@pytest.mark.extended
+def test_workers_stop_when_the_sweep_process_is_gone():
+    import time
+
+    proc = subprocess.run([sys.executable, "-c", STOP_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    workers = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert workers and os.getpid() not in workers
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return "\tZ" not in next(line for line in f if line.startswith("State:"))
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if alive(pid)], "a worker outlived the sweep's process"
+
+
 # ---------------------------------------------------------------- real sweeps of the tiny speedrun
 
 SWEEP_ARGS = ["--fields", "learning_rate", "--grid", "learning_rate=0.003", "--seeds", "1",
