@@ -5,8 +5,8 @@ speedrun shards them, under the mesh in context as its trainer runs it, with the
 ``loss``/``obj_fn`` arguments) and reads the per-device program: FLOPs and bytes accessed
 (cost analysis), bytes of arguments and outputs (memory analysis), and the collectives in the
 HLO by kind. Counts, not timings: the same on any host. On request it also runs the compiled
-update on the devices (``wall_steps``) and gives the median wall time of a step, the one number
-that depends on the machine. ``benchmarks/sharded_step.py`` prints them for 1, 8 and 32
+update on the devices (``wall_steps``) and gives the wall time of a step (mean, median, minimum),
+the one number that depends on the machine. ``benchmarks/sharded_step.py`` prints them for 1, 8 and 32
 simulated devices, or a machine's own accelerators; ``tests/test_distributed.py`` asserts on the
 counts.
 """
