@@ -332,7 +332,7 @@ def test_state_placement_rule():
     assert undivided_state(state, 1) == []
 
 
-def test_the_update_is_timed_on_this_machines_devices_with_its_state_fed_forward():
+def test_the_update_is_timed_on_this_machines_devices_with_its_state_fed_forward(monkeypatch):
     """``analyse_update(..., wall_steps=k)`` runs the compiled update k times after two untimed
     calls (what ``benchmarks/sharded_step.py --devices local --wall k`` reports on a GPU), each
     call on the state the one before left; its counts are those of the untimed analysis. No time
@@ -354,11 +354,9 @@ def test_the_update_is_timed_on_this_machines_devices_with_its_state_fed_forward
 
         return original(call, *args)
 
-    analysis.wall_ms = spying
-    try:
-        timed = analysis.analyse_update(cfg, model, mesh, flops=False, wall_steps=3)
-    finally:
-        analysis.wall_ms = original
+    monkeypatch.setattr(analysis, "wall_ms", spying)
+    timed = analysis.analyse_update(cfg, model, mesh, flops=False, wall_steps=3)
+    monkeypatch.undo()
     assert seen == [0, 1, 2, 3, 4] and timed["wall_steps"] == 3
     assert 0 < timed["wall_ms_min"] <= timed["wall_ms_median"] and timed["wall_ms_min"] <= timed["wall_ms"]
     untimed = analysis.analyse_update(cfg, model, mesh, flops=False)

@@ -212,12 +212,11 @@ def test_a_second_sweep_in_a_directory_a_sweep_is_running_in_is_refused(tmp_path
     lr_star = 2 * spec.optimizers["lion"].learning_rate
 
     class Intruder(Bowl):  # while its trials run, a second sweep starts in the same directory
-        def run(self, base: dict[str, Any], trials: list[tuple[Trial, str]]) -> Iterator[dict[str, Any]]:
+        def run(self, given: dict[str, Any], trials: list[tuple[Trial, str]]) -> Iterator[dict[str, Any]]:
             with pytest.raises(ConfigError, match=f"another sweep is running in {root}"):
-                run_search(tiny, spec, root, Bowl(lr_star=lr_star), log=lambda _: None)
-            yield from super().run(base, trials)
+                run_search(base, spec, root, Bowl(lr_star=lr_star), log=lambda _: None)
+            yield from super().run(given, trials)
 
-    tiny = base  # the base config, as the second sweep would be given it
     first = Intruder(lr_star=lr_star)
     store, _ = run_search(base, spec, root, first, log=lambda _: None)
     again = Bowl(lr_star=lr_star)  # the first one has finished: the directory is free again
