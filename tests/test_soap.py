@@ -27,7 +27,7 @@ from multidevice import run_on_devices
 from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
 from marin_optim.optimizers.soap import SoapConfig
-from marin_optim.transforms.blocks import from_blocks, merge_small_dims, to_blocks
+from marin_optim.transforms.blocks import from_stack, merge_small_dims, to_stack
 from marin_optim.transforms.soap import scale_by_soap, soap_layout
 
 B1, B2, BS, EPS = 0.9, 0.95, 0.8, 1e-8
@@ -148,12 +148,12 @@ def test_layouts():
     lay = soap_layout((40, 50), one_diag=False, **kw)
     assert lay.blocks == (3, 4) and lay.block_shape == (16, 16) and lay.rotated == (True, True)
     x = jnp.arange(40 * 50, dtype=jnp.float32).reshape(40, 50)
-    b = to_blocks(x, lay)
+    b = to_stack(x, lay)
     assert b.shape == (12, 16, 16)
     np.testing.assert_array_equal(b[5, :16, :2], x[16:32, 16:18])  # block (1, 1), row-major
     np.testing.assert_array_equal(b[11, :8, :2], x[32:40, 48:50])  # the last, zero-padded one
     assert float(jnp.abs(b[11, 8:]).sum()) == 0 and float(jnp.abs(b[11, :, 2:]).sum()) == 0
-    np.testing.assert_array_equal(from_blocks(b, lay), x)
+    np.testing.assert_array_equal(from_stack(b, lay), x)
 
 
 def test_levanter_defaults_and_registry():

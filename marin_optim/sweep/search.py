@@ -186,7 +186,7 @@ def claim_directory(root: Path, definition: dict[str, Any], force: bool) -> None
             differing = sorted(k for k in {*old, *definition} if old.get(k) != json.loads(text).get(k))
             raise ConfigError(
                 f"sweep: {root} holds a different sweep (its {', '.join(differing)} differ); "
-                "choose another --output_dir or pass --force to replace its definition "
+                "choose another --output_dir or pass --force true to replace its definition "
                 "(finished trials that match are reused)"
             )
         return

@@ -9,7 +9,7 @@ implementations do, so that the same blocks get the same preconditioners:
    axis at ``target_merged_dim_size``;
 2. cut every axis that gets a full preconditioner and is longer than ``block_size`` into blocks
    of ``block_size``, and zero-pad every axis of a block to a multiple of ``block_size``
-   (:func:`block_layout`, :func:`to_blocks`, :func:`from_blocks`).
+   (:func:`block_layout`, :func:`to_stack`, :func:`from_stack`).
 
 An axis that stays *diagonal* (no full matrix) is never cut. The blocks of one tensor form a
 leading batch axis, in row-major order of their positions (the first axis slowest).
@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from marin_optim.errors import ConfigError
+from marin_optim.transforms.distributed import divided_along, mesh_devices, stack_axis
 
 
 def _merge_cost(size: int, target: int) -> float:
@@ -159,25 +160,74 @@ def layout_error(who: str, tree: Any, index: int, problem: str) -> ConfigError:
     )
 
 
-def to_blocks(x: jax.Array, layout: BlockLayout) -> jax.Array:
-    """``x`` (of ``layout.shape``) as ``(num_blocks, *block_shape)``, zero-padded."""
-    x = x.reshape(layout.merged)
+def _merged_from_one_axis(layout: BlockLayout) -> list[bool]:
+    """Per merged axis, whether it is one axis of the tensor (with any axes of size 1)."""
+    out, dims = [], iter(layout.shape)
+    for size in layout.merged:
+        product, longer = 1, 0
+        while product < size:  # the merged axes are runs of the tensor's, in order
+            d = next(dims)
+            product, longer = product * d, longer + (d > 1)
+        out.append(longer <= 1)
+    return out
+
+
+def _cut_axis(layout: BlockLayout) -> int | None:
+    """The axis of the merged tensor to divide over the mesh before it is cut into blocks: one that
+    is not padded, whose blocks the device count divides, and whose runs per device line up with
+    the blocks (a device holds whole blocks along it, or a whole number of devices share each);
+    an axis that is one of the tensor's own first (a sharded tensor is divided along one of its
+    axes, not along heads x head_dim merged), then the first. None if no axis qualifies."""
+    devices, _ = mesh_devices()
+    fits = []
+    for i, (d, n, b) in enumerate(zip(layout.merged, layout.blocks, layout.block_shape, strict=True)):
+        run = d // devices
+        if n * b == d and d % devices == 0 and b % devices == 0 and (run % b == 0 or b % run == 0):
+            fits.append(i)
+    own = _merged_from_one_axis(layout)
+    return next((i for i in fits if own[i]), fits[0] if fits else None)
+
+
+def to_stack(x: jax.Array, layout: BlockLayout, lead: int = 0) -> jax.Array:
+    """``x`` (``lead`` batch axes, such as a stacked leaf's layers, then ``layout.shape``) as
+    ``(*lead axes, num_blocks, *block_shape)``, zero-padded.
+
+    On a mesh the stack comes out laid out as :func:`marin_optim.transforms.distributed.
+    divided_inside` lays out a stack (one axis of every block divided over the devices). Cutting a
+    sharded tensor into blocks is a reshape XLA's SPMD partitioner often cannot follow from the
+    tensor's layout to the stack's (a device's 64 of 512 columns are a quarter of the columns of
+    one of two 256-wide blocks); where it finds no move it gathers the whole tensor on every
+    device first ("Involuntary full rematerialization"). So the cut goes in steps each of which is
+    one all-to-all at most: the merged tensor divided along an axis whose runs line up with the
+    blocks (:func:`_cut_axis`), then that axis's block rows divided, then the stack's axis."""
+    front = x.shape[:lead]
+    k = len(layout.merged)
+    cut, inner = _cut_axis(layout), stack_axis(layout.block_shape)
     padded = [n * b for n, b in zip(layout.blocks, layout.block_shape, strict=True)]
-    x = jnp.pad(x, [(0, p - d) for p, d in zip(padded, layout.merged, strict=True)])
-    x = x.reshape([v for n, b in zip(layout.blocks, layout.block_shape, strict=True) for v in (n, b)])
-    k = len(layout.merged)
-    x = x.transpose([2 * i for i in range(k)] + [2 * i + 1 for i in range(k)])
-    return x.reshape((layout.num_blocks, *layout.block_shape))
+    x = x.reshape((*front, *layout.merged))
+    x = divided_along(x, None if cut is None else lead + cut)
+    x = jnp.pad(x, [(0, 0)] * lead + [(0, p - d) for p, d in zip(padded, layout.merged, strict=True)])
+    pairs = zip(layout.blocks, layout.block_shape, strict=True)
+    x = x.reshape((*front, *(v for n, b in pairs for v in (n, b))))
+    x = divided_along(x, None if cut is None else lead + 2 * cut + 1)
+    x = divided_along(x, None if inner is None else lead + 2 * inner + 1)
+    x = x.transpose([*range(lead), *(lead + 2 * i for i in range(k)), *(lead + 2 * i + 1 for i in range(k))])
+    return x.reshape((*front, layout.num_blocks, *layout.block_shape))
 
 
-def from_blocks(x: jax.Array, layout: BlockLayout) -> jax.Array:
-    """The inverse of :func:`to_blocks`: the padding is dropped."""
+def from_stack(y: jax.Array, layout: BlockLayout, lead: int = 0) -> jax.Array:
+    """The inverse of :func:`to_stack` (the padding dropped), through the same layouts backwards."""
+    front = y.shape[:lead]
     k = len(layout.merged)
-    x = x.reshape((*layout.blocks, *layout.block_shape))
-    x = x.transpose([v for i in range(k) for v in (i, k + i)])
-    x = x.reshape([n * b for n, b in zip(layout.blocks, layout.block_shape, strict=True)])
-    x = x[tuple(slice(0, d) for d in layout.merged)]
-    return x.reshape(layout.shape)
+    cut, inner = _cut_axis(layout), stack_axis(layout.block_shape)
+    x = y.reshape((*front, *layout.blocks, *layout.block_shape))
+    x = x.transpose([*range(lead), *(v for i in range(k) for v in (lead + i, lead + k + i))])
+    x = divided_along(x, None if inner is None else lead + 2 * inner + 1)
+    x = divided_along(x, None if cut is None else lead + 2 * cut + 1)
+    x = x.reshape((*front, *(n * b for n, b in zip(layout.blocks, layout.block_shape, strict=True))))
+    x = x[(..., *(slice(0, d) for d in layout.merged))]
+    x = divided_along(x, None if cut is None else lead + cut)
+    return x.reshape((*front, *layout.shape))
 
 
 def stacked_leaves(params: Any) -> list[bool]:

@@ -143,6 +143,25 @@ def divided_inside(y: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(y, _inside_spec(y.shape[1:], devices, axes))
 
 
+def divided_along(x: jax.Array, axis: int | None) -> jax.Array:
+    """``x`` divided along ``axis`` over every axis of the mesh in context, in runs of
+    ``x.shape[axis] / N`` (``x`` as it is without a mesh, with ``axis=None``, or when the device
+    count does not divide that axis)."""
+    devices, axes = mesh_devices()
+    if devices <= 1 or axis is None or x.shape[axis] % devices:
+        return x
+    spec = [None] * x.ndim
+    spec[axis] = axes
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
+
+
+def stack_axis(block_shape: Sequence[int]) -> int | None:
+    """The axis of a block that :func:`divided_inside` divides in a stack of blocks of
+    ``block_shape`` on the mesh in context (None: the stack stays whole)."""
+    devices, axes = mesh_devices()
+    return _divided_axis(state_spec(block_shape, devices, axes)) if devices > 1 else None
+
+
 def _is_wide(x: jax.Array) -> bool:
     return x.shape[-2] <= x.shape[-1]
 

@@ -47,12 +47,12 @@ from marin_optim.transforms.blocks import (
     BlockLayout,
     batched,
     block_layout,
-    from_blocks,
+    from_stack,
     layout_error,
     padding_problem,
     per_matrix,
     stacked_leaves,
-    to_blocks,
+    to_stack,
 )
 from marin_optim.transforms.distributed import shard_state, spread_blocks
 
@@ -271,9 +271,6 @@ def scale_by_kron(
             return lambda *xs: jax.lax.map(lambda a: fn(*a), xs, batch_size=size)
         return fn
 
-    def blocked(x: jax.Array, lay: BlockLayout, nb: int) -> jax.Array:
-        return batched(lambda y: to_blocks(y.reshape(lay.shape), lay), nb)(x)
-
     def init_fn(params):
         ls, batch = layouts(params)
         factors = []
@@ -304,7 +301,7 @@ def scale_by_kron(
             mu = otu.tree_update_moment(updates, state.mu, b1, 1)
             momentum = otu.tree_bias_correction(mu, b1, count)
         leaves, treedef = jax.tree.flatten(momentum)
-        blocks = [blocked(g, lay, nb) for g, lay, nb in zip(leaves, ls, batch, strict=True)]
+        blocks = [to_stack(g, lay, nb) for g, lay, nb in zip(leaves, ls, batch, strict=True)]
         leads = [nb + 1 for nb in batch]
         fit = functools.partial(fit_factors, lr=preconditioner_lr)
 
@@ -342,7 +339,7 @@ def scale_by_kron(
                 lambda item: per_block(precondition)(*item), list(zip(qs_all, blocks, strict=True)), leads
             )
             for x, out, lay, nb in zip(jax.tree.leaves(updates), preconditioned, ls, batch, strict=True):
-                out = batched(lambda y, lay=lay: from_blocks(y, lay), nb)(out)
+                out = from_stack(out, lay, nb)
                 outs.append(out.reshape(x.shape).astype(x.dtype))
         return jax.tree.unflatten(treedef, outs), ScaleByKronState(
             count=count,

@@ -39,14 +39,13 @@ import optax.tree_utils as otu
 
 from marin_optim.transforms.blocks import (
     BlockLayout,
-    batched,
     block_layout,
-    from_blocks,
+    from_stack,
     layout_error,
     padding_problem,
     per_matrix,
     stacked_leaves,
-    to_blocks,
+    to_stack,
 )
 from marin_optim.transforms.distributed import shard_state, spread_blocks
 
@@ -245,12 +244,6 @@ def scale_by_soap(
         count = optax.safe_int32_increment(state.count)
         grads, treedef = jax.tree.flatten(updates)
 
-        def blocked(x, lay, nb):
-            return batched(lambda y: to_blocks(y, lay), nb)(x)
-
-        def unblocked(x, lay, nb):
-            return batched(lambda y: from_blocks(y, lay), nb)(x)
-
         def fill(item):  # one batch axis of blocks: the first factors and their bases
             b, fs = item
             fs = jax.vmap(lambda b, f: accumulate_factors(b, f, shampoo_beta))(b, fs)
@@ -260,7 +253,7 @@ def scale_by_soap(
 
         def first_step():
             items = [
-                (blocked(g, lay, nb), fs)
+                (to_stack(g, lay, nb), fs)
                 for lay, nb, g, fs in zip(ls, batch, grads, state.factors, strict=True)
             ]
             factors, bases = zip(*spread_blocks(fill, items, leads), strict=True) if items else ((), ())
@@ -302,14 +295,14 @@ def scale_by_soap(
                 state.bases,
                 strict=True,
             ):
-                g, m, v = (blocked(x, lay, nb) for x in (g, m, v))
+                g, m, v = (to_stack(x, lay, nb) for x in (g, m, v))
                 items.append((g, m, v, fs, qs, jnp.broadcast_to(refresh, g.shape[: nb + 1])))
             outs, new_nu, new_f, new_q = [], [], [], []
             for (u, v, fs, qs), lay, nb, g in zip(
                 spread_blocks(step, items, leads), ls, batch, grads, strict=True
             ):
-                outs.append((unblocked(u, lay, nb) * bc).astype(g.dtype))
-                new_nu.append(unblocked(v, lay, nb))
+                outs.append((from_stack(u, lay, nb) * bc).astype(g.dtype))
+                new_nu.append(from_stack(v, lay, nb))
                 new_f.append(fs)
                 new_q.append(qs)
             return jax.tree.unflatten(treedef, outs), ScaleBySoapState(
