@@ -186,6 +186,9 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
+        from marin_optim.sweep.trials import stop_with
+
+        stop_with(os.getppid())  # a benchmark killed mid-run takes its child with it
         for row in measure(args.optimizers.split(","), args.unspread, args.wall, not args.fused_only):
             print("ROW " + json.dumps(row), flush=True)
         return
