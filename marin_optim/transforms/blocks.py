@@ -192,8 +192,9 @@ def to_stack(x: jax.Array, layout: BlockLayout, lead: int = 0) -> jax.Array:
     """``x`` (``lead`` batch axes, such as a stacked leaf's layers, then ``layout.shape``) as
     ``(*lead axes, num_blocks, *block_shape)``, zero-padded.
 
-    On a mesh the stack comes out laid out as :func:`marin_optim.transforms.distributed.
-    divided_inside` lays out a stack (one axis of every block divided over the devices). Cutting a
+    On a mesh the stack comes out laid out as
+    :func:`~marin_optim.transforms.distributed.divided_inside` lays out a stack (one axis of every
+    block divided over the devices). Cutting a
     sharded tensor into blocks is a reshape XLA's SPMD partitioner often cannot follow from the
     tensor's layout to the stack's (a device's 64 of 512 columns are a quarter of the columns of
     one of two 256-wide blocks); where it finds no move it gathers the whole tensor on every
