@@ -125,10 +125,10 @@ TRAFFIC = {"muon": 2.0, "dion": 3.0, "kron": 2.75, "soap": 6.0}
 """The most bytes a device may access (``unfused_cost``) on 8 devices, in multiples of a fair share
 (one device's / 8); undivided, Muon's is 4.8x on the benchmark's model. Measured on this tree
 (2026-12-04): muon 1.48, Dion 2.41 (2.69 on data 4 x model 2), Kron 2.43, SOAP 5.30. This tree is
-small enough that SOAP and Kron merge each layer's q, k, v, o into one axis of 4,096 values, which
-an output projection (divided along its last axis) cannot be cut into blocks from without a gather
-(docs/performance.md, pod scale); the benchmark's model is cut without one
-(``test_blocks_are_cut_without_gathering_the_parameters``)."""
+small enough that SOAP and Kron merge each of its tensors into one axis, cut into vectors of 32
+values (``block_size`` 32): stacks of items under ``SMALL_STATE``, which stay whole on every device
+(docs/performance.md, pod scale); the benchmark's model is cut into 256 x 256 blocks without a
+gather (``test_blocks_are_cut_without_gathering_the_parameters``)."""
 
 
 EXTENDED = ("dion", "kron", "soap")

@@ -188,30 +188,39 @@ def _cut_axis(layout: BlockLayout) -> int | None:
     return next((i for i in fits if own[i]), fits[0] if fits else None)
 
 
+def _steps(layout: BlockLayout, lead: int) -> tuple[int | None, int | None, int | None]:
+    """The axes :func:`to_stack` divides, in turn (None: that step moves nothing): of the merged
+    tensor, :func:`_cut_axis`; of it split into (blocks, rows) per axis, that axis's rows, then
+    the rows of the axis the stack is divided along (:func:`stack_axis`). ``lead`` batch axes first."""
+    cut, inner = _cut_axis(layout), stack_axis(layout.block_shape)
+    stacked = None if inner is None else lead + 2 * inner + 1
+    if cut is None:
+        return None, None, stacked
+    return lead + cut, lead + 2 * cut + 1, stacked
+
+
 def to_stack(x: jax.Array, layout: BlockLayout, lead: int = 0) -> jax.Array:
     """``x`` (``lead`` batch axes, such as a stacked leaf's layers, then ``layout.shape``) as
     ``(*lead axes, num_blocks, *block_shape)``, zero-padded.
 
     On a mesh the stack comes out laid out as
     :func:`~marin_optim.transforms.distributed.divided_inside` lays out a stack (one axis of every
-    block divided over the devices). Cutting a
-    sharded tensor into blocks is a reshape XLA's SPMD partitioner often cannot follow from the
-    tensor's layout to the stack's (a device's 64 of 512 columns are a quarter of the columns of
-    one of two 256-wide blocks); where it finds no move it gathers the whole tensor on every
-    device first ("Involuntary full rematerialization"). So the cut goes in steps each of which is
-    one all-to-all at most: the merged tensor divided along an axis whose runs line up with the
-    blocks (:func:`_cut_axis`), then that axis's block rows divided, then the stack's axis."""
+    block divided over the devices). Cutting a sharded tensor into blocks is a reshape XLA's SPMD
+    partitioner often cannot follow from the tensor's layout to the stack's (a device's 64 of 512
+    columns are a quarter of the columns of one of two 256-wide blocks); where it finds no move it
+    gathers the whole tensor on every device first ("Involuntary full rematerialization"). So the
+    cut goes in steps each of which is one all-to-all at most: the merged tensor divided along an
+    axis whose runs line up with the blocks (:func:`_cut_axis`), then that axis's block rows
+    divided, then the stack's axis."""
     front = x.shape[:lead]
     k = len(layout.merged)
-    cut, inner = _cut_axis(layout), stack_axis(layout.block_shape)
+    merged, rows, inner = _steps(layout, lead)
     padded = [n * b for n, b in zip(layout.blocks, layout.block_shape, strict=True)]
-    x = x.reshape((*front, *layout.merged))
-    x = divided_along(x, None if cut is None else lead + cut)
+    x = divided_along(x.reshape((*front, *layout.merged)), merged)
     x = jnp.pad(x, [(0, 0)] * lead + [(0, p - d) for p, d in zip(padded, layout.merged, strict=True)])
     pairs = zip(layout.blocks, layout.block_shape, strict=True)
     x = x.reshape((*front, *(v for n, b in pairs for v in (n, b))))
-    x = divided_along(x, None if cut is None else lead + 2 * cut + 1)
-    x = divided_along(x, None if inner is None else lead + 2 * inner + 1)
+    x = divided_along(divided_along(x, rows), inner)
     x = x.transpose([*range(lead), *(lead + 2 * i for i in range(k)), *(lead + 2 * i + 1 for i in range(k))])
     return x.reshape((*front, layout.num_blocks, *layout.block_shape))
 
@@ -220,14 +229,12 @@ def from_stack(y: jax.Array, layout: BlockLayout, lead: int = 0) -> jax.Array:
     """The inverse of :func:`to_stack` (the padding dropped), through the same layouts backwards."""
     front = y.shape[:lead]
     k = len(layout.merged)
-    cut, inner = _cut_axis(layout), stack_axis(layout.block_shape)
+    merged, rows, inner = _steps(layout, lead)
     x = y.reshape((*front, *layout.blocks, *layout.block_shape))
     x = x.transpose([*range(lead), *(v for i in range(k) for v in (lead + i, lead + k + i))])
-    x = divided_along(x, None if inner is None else lead + 2 * inner + 1)
-    x = divided_along(x, None if cut is None else lead + 2 * cut + 1)
+    x = divided_along(divided_along(x, inner), rows)
     x = x.reshape((*front, *(n * b for n, b in zip(layout.blocks, layout.block_shape, strict=True))))
-    x = x[(..., *(slice(0, d) for d in layout.merged))]
-    x = divided_along(x, None if cut is None else lead + cut)
+    x = divided_along(x[(..., *(slice(0, d) for d in layout.merged))], merged)
     return x.reshape((*front, *layout.shape))
 
 
