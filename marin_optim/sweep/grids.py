@@ -7,7 +7,8 @@ default. A field is swept when the optimizer has it (:data:`SWEPT_FIELDS`, in th
 
 * ``learning_rate``, ``adam_lr`` (the second learning rate of Muon-like optimizers): the default
   times 1/4, 1/2, 1, 2, 4; these grids *grow* by another factor of 2 while the best value sits at
-  their edge (:data:`MAX_EXTENSIONS` times), so a default far from the optimum is still found;
+  their edge (:data:`MAX_EXTENSIONS` times in a search), so a default far from the optimum is still
+  found, and stay grown: a later round tries the values around the best again, and grows on;
 * ``warmup`` (a fraction of the run): 0, 0.01, 0.05, 0.1, 0.2;
 * ``weight_decay``: 0, half, the default, twice (0, 0.01, 0.1 when the default is 0);
 * ``beta1``, ``momentum``, ``beta2``: the default's neighbours on a ladder of common values.

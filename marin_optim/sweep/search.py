@@ -109,11 +109,13 @@ def descend(
 
     (best_loss,) = yield from losses([current])
     path: list[dict[str, Any]] = []
+    # a grown grid stays grown: a later round tries its values around the current best again (and
+    # grows it on), rather than the default grid the best may have left behind
+    grid_values = {name: list(grid) for name, grid in grids.items()}
+    grown = {name: {"low": 0, "high": 0} for name in grids}
     for rnd in range(1, spec.max_rounds + 1):
         moved = False
-        for name, grid in grids.items():
-            values = list(grid)
-            grown = {"low": 0, "high": 0}
+        for name, values in grid_values.items():
             while True:
                 here = getattr(current, name)
                 cands = [check_value(current, name, v, label) for v in values if v != here]
@@ -126,12 +128,12 @@ def descend(
                 if name not in GROWING or (label, name) in spec.given:
                     break
                 here = getattr(current, name)
-                if here == max(values) and grown["high"] < MAX_EXTENSIONS:
+                if here == max(values) and grown[name]["high"] < MAX_EXTENSIONS:
                     values.append(significant(here * 2))
-                    grown["high"] += 1
-                elif here == min(values) and grown["low"] < MAX_EXTENSIONS:
+                    grown[name]["high"] += 1
+                elif here == min(values) and grown[name]["low"] < MAX_EXTENSIONS:
                     values.insert(0, significant(here / 2))
-                    grown["low"] += 1
+                    grown[name]["low"] += 1
                 else:
                     break
         if not moved:

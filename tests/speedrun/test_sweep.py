@@ -156,6 +156,33 @@ def test_descent_finds_the_optimum_growing_the_learning_rate_grid(tmp_path):
     assert not outcomes["lion"].length_trials
 
 
+class CoupledBowl(Bowl):
+    """:class:`Bowl` whose learning rate optimum doubles, and lowers by 0.2, once ``beta1`` reaches
+    0.95, which the descent finds after the learning rate in its first round."""
+
+    def loss(self, opt: dict[str, Any], seed: int, steps: int, base_steps: int) -> float:
+        loss = super().loss(opt, seed, steps, base_steps)
+        if opt["beta1"] != 0.95:
+            return loss
+        moved = 0.1 * math.log2(opt["learning_rate"] / (2 * self.lr_star)) ** 2 - 0.2
+        return loss - 0.1 * math.log2(opt["learning_rate"] / self.lr_star) ** 2 + moved
+
+
+def test_a_later_round_tries_the_grown_grid_around_the_best(tmp_path):
+    # round 1: the grid grows to 16x (32x tried, worse), then beta1 moves and the optimum becomes
+    # 32x; round 2 must try 32x again (a default grid, 1/4..4, would not reach it) and grow to 64x
+    spec = bowl_spec(seeds=1, lengths=(1, 2))
+    base = tiny_config(tmp_path / "unused")
+    lion_lr = spec.optimizers["lion"].learning_rate
+    runner = CoupledBowl(lr_star=16 * lion_lr)
+    _, outcomes = run_search(base, spec, tmp_path / "sweep", runner, log=lambda _: None)
+    lion = outcomes["lion"]
+    assert lion.best.beta1 == 0.95 and lion.best.learning_rate == significant(32 * lion_lr)
+    assert [(p["round"], p["field"]) for p in lion.path][-1] == (2, "learning_rate")
+    tried = [t.optimizer["learning_rate"] for t in runner.ran if t.label == "lion"]
+    assert significant(64 * lion_lr) in tried and significant(128 * lion_lr) not in tried  # 4 growths
+
+
 def test_a_diverged_trial_loses_and_is_reported(tmp_path):
     spec = bowl_spec(seeds=1, lengths=(1, 2), max_rounds=1)
     base = tiny_config(tmp_path / "unused")
