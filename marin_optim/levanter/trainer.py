@@ -1,4 +1,4 @@
-"""Two fixes to Levanter's ``Trainer`` for optimizers built by marin_optim, installed on import.
+"""Fixes to Levanter's ``Trainer`` for optimizers built by marin_optim, installed on import.
 
 Levanter's trainer only calls ``optimizer.update(grads, state, params=..., obj_fn=..., loss=...)``
 and logs the outermost state's injected values. For a transformation that a marin_optim config
@@ -15,7 +15,12 @@ built (:func:`marin_optim.config.built_by`), ``Trainer.__init__`` is wrapped to
    and stops the run with :class:`~marin_optim.transforms.guards.NonFiniteError` after
    ``max_nonfinite_steps`` non-finite steps in a row, as marin_optim's own trainer does.
 
-Any other optimizer's trainer is untouched. Both fixes are idempotent and reversible
+Before Levanter's trainer looks for checkpoints to resume from, it also sets aside torn ones
+(:func:`set_aside_torn_checkpoints`): Levanter writes a checkpoint's ``metadata.json`` last and not
+atomically, so a run killed during that write leaves a file its checkpointer cannot parse, and
+every resume then fails in ``Checkpointer.__init__`` (``JSONDecodeError``).
+
+Any other optimizer's trainer is untouched. The fixes are idempotent and reversible
 (:func:`remove_trainer_fixes`).
 """
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -81,6 +87,41 @@ class OptimizerMonitor:
         logger.info("marin_optim optimizer %s:\n%s", type(self.config).__name__, table)
 
 
+def set_aside_torn_checkpoints(paths: list[str]) -> list[str]:
+    """Renames the unreadable ``metadata.json`` of each checkpoint under ``paths`` (folders that
+    hold a run's checkpoints, local or any fsspec URL) to ``metadata.json.torn``, and returns the
+    checkpoints set aside.
+
+    Levanter writes ``metadata.json`` after the arrays, so a checkpoint whose metadata does not
+    parse was cut off while being written; without its ``metadata.json`` Levanter no longer counts
+    it as a checkpoint and resumes from the last complete one. Nothing is deleted."""
+    import fsspec
+
+    torn = []
+    for path in paths:
+        fs, root = fsspec.core.url_to_fs(path)
+        root = root.rstrip("/")
+        for meta in sorted({*fs.glob(f"{root}/metadata.json"), *fs.glob(f"{root}/*/metadata.json")}):
+            try:
+                json.loads(fs.cat_file(meta))
+                continue
+            except FileNotFoundError:  # set aside by another process of the run
+                continue
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError: torn
+                pass
+            try:
+                fs.mv(meta, f"{meta}.torn")
+            except FileNotFoundError:
+                continue
+            torn.append(meta.rsplit("/", 2)[-2])
+            logger.warning(
+                "marin_optim: checkpoint %s was cut off while its metadata.json was written; set aside "
+                "(metadata.json.torn) so the run resumes from the last complete checkpoint",
+                meta.rsplit("/", 1)[0],
+            )
+    return torn
+
+
 def install_trainer_fixes() -> None:
     """Wraps ``levanter.trainer.Trainer.__init__`` as the module docstring says; idempotent."""
     from levanter.trainer import Trainer
@@ -94,12 +135,14 @@ def install_trainer_fixes() -> None:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         bound = signature.bind(self, *args, **kwargs)
         config = built_by(bound.arguments.get("optimizer"))
+        trainer_config = bound.arguments.get("config")
         if config is not None:
             bound.arguments["loss_fn"] = returns_loss_and_metrics(bound.arguments["loss_fn"])
+            if getattr(trainer_config, "id", None) is not None:
+                set_aside_torn_checkpoints(trainer_config.checkpoint_search_paths(trainer_config.id))
         init(*bound.args, **bound.kwargs)
         if config is None:
             return
-        trainer_config = bound.arguments.get("config")
         if config.skip_nonfinite and getattr(trainer_config, "crash_on_nan", False):
             logger.warning(
                 "trainer.crash_on_nan is true: Levanter stops at the first NaN loss before marin_optim's "

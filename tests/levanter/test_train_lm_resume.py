@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,11 +67,18 @@ def test_kill_and_resume_through_levanters_checkpointer(tmp_path):
         time.sleep(0.2)
     run.send_signal(signal.SIGKILL)
     run.wait()
-    assert max(offline.list_checkpoints(broken)) < STEPS - 1  # killed before the end
+    last = max(offline.list_checkpoints(broken))
+    assert last < STEPS - 1  # killed before the end
+    # as if the kill had come while the next checkpoint's metadata.json was written: Levanter's
+    # checkpointer cannot parse it and would fail every resume; the plugin sets it aside
+    torn = Path(broken["trainer"]["checkpointer"]["base_path"]) / broken["trainer"]["id"] / f"step-{last + 1}"
+    torn.mkdir(parents=True, exist_ok=True)
+    (torn / "metadata.json").write_text('{"step": ')
 
     resumed = offline.run_train_lm(broken, launcher=[])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming training from step" in resumed.stderr
+    assert (torn / "metadata.json.torn").read_text() == '{"step": '  # set aside, not deleted
 
     # The resumed launch logs the same losses, learning rates and guard statistics as the
     # uninterrupted run, step by step...
@@ -94,3 +102,18 @@ def test_kill_and_resume_through_levanters_checkpointer(tmp_path):
     assert len(whole_params) == 12
     for a, b in zip(whole_params, broken_params, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_torn_checkpoints_are_set_aside(tmp_path):
+    from marin_optim.levanter.trainer import set_aside_torn_checkpoints
+
+    run = tmp_path / "run"
+    for name, text in {"step-4": '{"step": 4}', "step-9": "", "step-12": '{"st', "step-13": None}.items():
+        (run / name).mkdir(parents=True)
+        if text is not None:
+            (run / name / "metadata.json").write_text(text)
+    assert set_aside_torn_checkpoints([str(run), str(tmp_path / "absent")]) == ["step-12", "step-9"]
+    assert (run / "step-4" / "metadata.json").read_text() == '{"step": 4}'
+    assert sorted(p.parent.name for p in run.glob("*/metadata.json.torn")) == ["step-12", "step-9"]
+    assert not (run / "step-13" / "metadata.json.torn").exists()
+    assert set_aside_torn_checkpoints([str(run)]) == []  # idempotent
