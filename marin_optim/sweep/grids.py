@@ -6,12 +6,16 @@ every other hyperparameter that matters for the optimizer, each on a short grid 
 default. A field is swept when the optimizer has it (:data:`SWEPT_FIELDS`, in this order):
 
 * ``learning_rate``, ``adam_lr`` (the second learning rate of Muon-like optimizers): the default
-  times 1/4, 1/2, 1, 2, 4; these grids *grow* by another factor of 2 while the best value sits at
-  their edge (:data:`MAX_EXTENSIONS` times in a search), so a default far from the optimum is still
-  found, and stay grown: a later round tries the values around the best again, and grows on;
+  times 1/4, 1/2, 1, 2, 4;
 * ``warmup`` (a fraction of the run): 0, 0.01, 0.05, 0.1, 0.2;
 * ``weight_decay``: 0, half, the default, twice (0, 0.01, 0.1 when the default is 0);
-* ``beta1``, ``momentum``, ``beta2``: the default's neighbours on a ladder of common values.
+* ``beta1``, ``momentum``, ``beta2``: the default and its neighbours on a ladder of common values.
+
+A default grid *grows* while the best value sits at one of its ends (:func:`beyond`): learning
+rates and weight decay by another factor of 2 (at most :data:`MAX_EXTENSIONS` times at each end
+in a search), warmup and the betas by the next value of their ladder (:data:`LADDERS`), so a
+default far from the optimum is still found; a grown grid stays grown, so a later round tries the
+values around the best again, and grows on.
 
 A grid given with ``--grid`` is used as written and never grows; ``--fields`` limits (and
 orders) the fields swept.
@@ -28,6 +32,7 @@ import yaml
 
 from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError, did_you_mean
+from marin_optim.validation import is_int
 
 SWEPT_FIELDS: tuple[str, ...] = (
     "learning_rate",
@@ -41,17 +46,24 @@ SWEPT_FIELDS: tuple[str, ...] = (
 """Swept by default when the optimizer has the field, in this order."""
 
 GROWING = frozenset({"learning_rate", "adam_lr"})
-"""Default grids (multiplicative) that grow past an edge the best value sits at."""
+"""Multiplicative default grids (around the default, plotted on a log scale), growing by 2x."""
 
-MAX_EXTENSIONS = 4
-"""How many times a growing grid may grow at each end (a factor of 16 beyond its 1/4 to 4)."""
+MAX_EXTENSIONS = 6
+"""How many times a doubling grid may grow at each end: a factor of 64 beyond its 1/4 to 4, so
+1/256 to 256 times the default. Every optimizer starts from the same default learning rate
+(6e-4), while the matrix optimizers' own rates are typically 30-100x that (0.02 in Jordan's
+Muon, 2024), so the reach spans those two orders of magnitude with room on either side."""
 
 WARMUPS = (0.0, 0.01, 0.05, 0.1, 0.2)
+"""The default warmup grid (fractions of the run); it grows along ``LADDERS["warmup"]``."""
+_MOMENTA = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 LADDERS: dict[str, tuple[float, ...]] = {
-    "beta1": (0.8, 0.9, 0.95, 0.98),
-    "momentum": (0.8, 0.9, 0.95, 0.98),
-    "beta2": (0.9, 0.95, 0.98, 0.99, 0.995, 0.999),
+    "warmup": (*WARMUPS, 0.3, 0.5),
+    "beta1": _MOMENTA,
+    "momentum": _MOMENTA,
+    "beta2": (0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999),
 }
+"""The values a ladder field's grid grows through, in order (a default off the ladder joins it)."""
 
 
 def significant(x: float, digits: int = 3) -> float:
@@ -77,6 +89,19 @@ def default_grid(cfg: OptimizerConfig, field: str) -> tuple[Any, ...]:
     return _neighbours(value, LADDERS[field])
 
 
+def beyond(field: str, values: Sequence[Any], end: str) -> float | None:
+    """The value a default grid of ``field`` grows by past its ``end`` (``"high"`` or ``"low"``),
+    or None where it does not: learning rates and weight decay double (or halve; weight decay's
+    grid already reaches 0), warmup and the betas take the next value of their ladder."""
+    edge = max(values) if end == "high" else min(values)
+    if field in GROWING or (field == "weight_decay" and end == "high" and edge > 0):
+        return significant(edge * 2.0 if end == "high" else edge / 2.0)
+    if field in LADDERS:
+        rungs = [v for v in LADDERS[field] if (v > edge if end == "high" else v < edge)]
+        return (min(rungs) if end == "high" else max(rungs)) if rungs else None
+    return None
+
+
 def swept_fields(cfg: OptimizerConfig) -> list[str]:
     """:data:`SWEPT_FIELDS` that ``cfg`` has and that hold a number (``adam_lr: null`` is skipped)."""
     names = {f.name for f in dataclasses.fields(cfg)}
@@ -92,6 +117,12 @@ def _scalar(text: str) -> Any:
         except ValueError:
             pass
     return yaml.safe_load(text)
+
+
+def _as_written(cfg: OptimizerConfig, field: str, value: Any) -> Any:
+    """A given ``0`` for a field whose default is a float is ``0.0``: the same run (0 steps of
+    warmup is 0% of the run), so one spelling names one trial rather than two."""
+    return 0.0 if is_int(value) and value == 0 and isinstance(getattr(cfg, field), float) else value
 
 
 def parse_grid_option(text: str) -> tuple[str | None, str, tuple[Any, ...]]:
@@ -165,6 +196,7 @@ def resolve_grids(
         if fields is None:
             grids.update({f: v for f, v in mine.items() if f in names})
         for field, values in grids.items():
+            grids[field] = values = tuple(_as_written(cfg, field, v) for v in values)
             for value in values:
                 check_value(cfg, field, value, label)
         out[label] = grids

@@ -28,7 +28,7 @@ from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
 from marin_optim.speedrun import results as res
 from marin_optim.speedrun.config import SpeedrunConfig
-from marin_optim.sweep.grids import GROWING, MAX_EXTENSIONS, check_value, significant
+from marin_optim.sweep.grids import MAX_EXTENSIONS, beyond, check_value
 from marin_optim.sweep.trials import Runner, Trial, TrialStore, held, run_all, stable_hash
 
 DEFINITION = "definition.json"
@@ -109,8 +109,9 @@ def descend(
 
     (best_loss,) = yield from losses([current])
     path: list[dict[str, Any]] = []
-    # a grown grid stays grown: a later round tries its values around the current best again (and
-    # grows it on), rather than the default grid the best may have left behind
+    # a default grid grows while the best sits at its end (grids.beyond) and stays grown: a later
+    # round tries its values around the current best again (and grows it on), rather than the
+    # default grid the best may have left behind
     grid_values = {name: list(grid) for name, grid in grids.items()}
     grown = {name: {"low": 0, "high": 0} for name in grids}
     for rnd in range(1, spec.max_rounds + 1):
@@ -125,17 +126,19 @@ def descend(
                         path.append(
                             {"round": rnd, "field": name, "value": getattr(cfg, name), "eval_loss": loss}
                         )
-                if name not in GROWING or (label, name) in spec.given:
+                if (label, name) in spec.given:
                     break
                 here = getattr(current, name)
-                if here == max(values) and grown[name]["high"] < MAX_EXTENSIONS:
-                    values.append(significant(here * 2))
-                    grown[name]["high"] += 1
-                elif here == min(values) and grown[name]["low"] < MAX_EXTENSIONS:
-                    values.insert(0, significant(here / 2))
-                    grown[name]["low"] += 1
-                else:
+                end = "high" if here == max(values) else "low" if here == min(values) else None
+                grow = beyond(name, values, end) if end and grown[name][end] < MAX_EXTENSIONS else None
+                if grow is None:
                     break
+                try:
+                    check_value(current, name, grow, label)
+                except ConfigError:  # a grid grows only to values the config accepts
+                    break
+                values.insert(len(values) if end == "high" else 0, grow)
+                grown[name][end] += 1
         if not moved:
             break
     seeds = [seed + i for i in range(spec.seeds)]

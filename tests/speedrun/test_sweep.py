@@ -19,7 +19,14 @@ from speedrun_helpers import REPO, TINY_ARGS, tiny_config
 from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
 from marin_optim.sweep import make_spec, run_sweep, steps_to_reach
-from marin_optim.sweep.grids import default_grid, parse_grid_option, significant
+from marin_optim.sweep.grids import (
+    MAX_EXTENSIONS,
+    WARMUPS,
+    beyond,
+    default_grid,
+    parse_grid_option,
+    significant,
+)
 from marin_optim.sweep.search import SweepSpec, run_search
 from marin_optim.sweep.trials import Trial, TrialStore, run_trial
 
@@ -98,19 +105,20 @@ def test_steps_to_reach_interpolates_in_log_steps():
 
 class Bowl:
     """A runner whose "final eval loss" is a function of the config with a known optimum:
-    ``learning_rate`` at ``lr_star`` (quadratic in log2), ``beta1`` at 0.95, ``weight_decay``
-    nearly flat (below the threshold), longer runs lower; every trial counted."""
+    ``learning_rate`` at ``lr_star`` (quadratic in log2), ``beta1`` at ``beta1_star``,
+    ``weight_decay`` nearly flat (below the threshold), longer runs lower; every trial counted."""
 
-    def __init__(self, lr_star: float, diverge_above: float = math.inf):
+    def __init__(self, lr_star: float, diverge_above: float = math.inf, beta1_star: float = 0.95):
         self.lr_star = lr_star
         self.diverge_above = diverge_above
+        self.beta1_star = beta1_star
         self.ran: list[Trial] = []
 
     def loss(self, opt: dict[str, Any], seed: int, steps: int, base_steps: int) -> float:
         return (
             3.0
             + 0.1 * math.log2(opt["learning_rate"] / self.lr_star) ** 2
-            + 4.0 * (opt["beta1"] - 0.95) ** 2
+            + 4.0 * (opt["beta1"] - self.beta1_star) ** 2
             + 0.001 * opt["weight_decay"]
             + 0.01 * seed
             - 0.3 * math.log2(steps / base_steps)
@@ -181,6 +189,42 @@ def test_a_later_round_tries_the_grown_grid_around_the_best(tmp_path):
     assert [(p["round"], p["field"]) for p in lion.path][-1] == (2, "learning_rate")
     tried = [t.optimizer["learning_rate"] for t in runner.ran if t.label == "lion"]
     assert significant(64 * lion_lr) in tried and significant(128 * lion_lr) not in tried  # 4 growths
+
+
+def test_grids_grow_along_their_ladders_and_learning_rates_stop_after_max_extensions(tmp_path):
+    # beta1's default grid is 0.8..0.95 around lion's 0.9; the optimum 0.5 is two rungs below it.
+    # The learning rate's optimum is far past what MAX_EXTENSIONS doublings reach: it stops there.
+    spec = bowl_spec(seeds=1, lengths=(1, 2))
+    base = tiny_config(tmp_path / "unused")
+    lion_lr = spec.optimizers["lion"].learning_rate
+    runner = Bowl(lr_star=1e6 * lion_lr, beta1_star=0.5)
+    _, outcomes = run_search(base, spec, tmp_path / "sweep", runner, log=lambda _: None)
+    lion = outcomes["lion"]
+    reach = significant(4 * 2**MAX_EXTENSIONS * lion_lr)
+    assert lion.best.learning_rate == reach and lion.best.beta1 == 0.5
+    tried = [t.optimizer for t in runner.ran if t.label == "lion"]
+    assert max(o["learning_rate"] for o in tried) == reach
+    assert min(o["beta1"] for o in tried) == 0.5  # the ladder's end: nothing below is tried
+
+
+def test_a_grid_grows_by_doubling_or_along_its_ladder():
+    assert beyond("learning_rate", (1e-3, 2e-3, 4e-3), "high") == 8e-3
+    assert beyond("adam_lr", (1e-3, 2e-3), "low") == 5e-4
+    assert beyond("weight_decay", (0.0, 0.05, 0.1, 0.2), "high") == 0.4
+    assert beyond("weight_decay", (0.0, 0.05, 0.1, 0.2), "low") is None  # already at 0
+    assert beyond("warmup", WARMUPS, "high") == 0.3 and beyond("warmup", (0.3, 0.5), "high") is None
+    assert beyond("beta2", (0.9, 0.95, 0.98), "low") == 0.8 and beyond("beta2", (0.99,), "high") == 0.995
+    assert beyond("momentum", (0.8, 0.9), "low") == 0.7 and beyond("momentum", (0.99,), "high") is None
+    assert beyond("beta1", (0.93,), "high") == 0.95  # a value off the ladder joins it
+
+
+def test_a_given_zero_is_the_defaults_spelling():
+    # `--grid warmup=0` (an int: 0 steps) is the same run as the default grid's 0.0 (0% of the
+    # run): one trial, not two
+    spec = make_spec(["lion"], fields=["warmup"], grids=["warmup=0,0.1"])
+    assert spec.grids["lion"]["warmup"] == (0.0, 0.1)
+    assert all(type(v) is float for v in spec.grids["lion"]["warmup"])
+    assert make_spec(["lion"], fields=["warmup"], grids=["warmup=5,0.1"]).grids["lion"]["warmup"] == (5, 0.1)
 
 
 def test_a_diverged_trial_loses_and_is_reported(tmp_path):
