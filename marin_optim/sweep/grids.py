@@ -15,7 +15,7 @@ A default grid *grows* while the best value sits at one of its ends (:func:`beyo
 rates and weight decay by another factor of 2 (at most :data:`MAX_EXTENSIONS` times at each end
 in a search), warmup and the betas by the next value of their ladder (:data:`LADDERS`), so a
 default far from the optimum is still found; a grown grid stays grown, so a later round tries the
-values around the best again, and grows on.
+values around the best again (of a doubling grid, those within 4x of it), and grows on.
 
 A grid given with ``--grid`` is used as written and never grows; ``--fields`` limits (and
 orders) the fields swept.

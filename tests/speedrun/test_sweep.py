@@ -189,6 +189,9 @@ def test_a_later_round_tries_the_grown_grid_around_the_best(tmp_path):
     assert [(p["round"], p["field"]) for p in lion.path][-1] == (2, "learning_rate")
     tried = [t.optimizer["learning_rate"] for t in runner.ran if t.label == "lion"]
     assert significant(64 * lion_lr) in tried and significant(128 * lion_lr) not in tried  # 4 growths
+    # round 2 tries the grown grid near the best (within 4x of 16x), not all it grew through
+    lion_runs = [t.optimizer for t in runner.ran if t.label == "lion"]
+    assert min(o["learning_rate"] for o in lion_runs if o["beta1"] == 0.95) == significant(4 * lion_lr)
 
 
 def test_grids_grow_along_their_ladders_and_learning_rates_stop_after_max_extensions(tmp_path):
