@@ -48,6 +48,10 @@ SWEPT_FIELDS: tuple[str, ...] = (
 GROWING = frozenset({"learning_rate", "adam_lr"})
 """Multiplicative default grids (around the default, plotted on a log scale), growing by 2x."""
 
+OCTAVES = 2
+"""A doubling grid's reach on each side of its centre: the default grid is 1/4 to 4 times the
+default (``2**OCTAVES``), and a later round tries a grown grid's values this close to the best."""
+
 MAX_EXTENSIONS = 6
 """How many times a doubling grid may grow at each end: a factor of 64 beyond its 1/4 to 4, so
 1/256 to 256 times the default. Every optimizer starts from the same default learning rate
@@ -81,7 +85,7 @@ def default_grid(cfg: OptimizerConfig, field: str) -> tuple[Any, ...]:
     """The values tried for ``field`` when no ``--grid`` names it (module docstring)."""
     value = getattr(cfg, field)
     if field in GROWING:
-        return tuple(significant(value * 2.0**k) for k in range(-2, 3))
+        return tuple(significant(value * 2.0**k) for k in range(-OCTAVES, OCTAVES + 1))
     if field == "warmup":
         return WARMUPS
     if field == "weight_decay":
@@ -100,6 +104,16 @@ def beyond(field: str, values: Sequence[Any], end: str) -> float | None:
         rungs = [v for v in LADDERS[field] if (v > edge if end == "high" else v < edge)]
         return (min(rungs) if end == "high" else max(rungs)) if rungs else None
     return None
+
+
+def near(field: str, values: Sequence[Any], here: Any) -> list[Any]:
+    """Of a grown grid's ``values``, those a round tries around the current best ``here``: for a
+    doubling grid, those within ``2**OCTAVES`` of it (a 1% margin covers the 3-significant-digit
+    rounding of both), not every value it grew through; for any other grid, all of them."""
+    if field not in GROWING:
+        return list(values)
+    reach = 2.0**OCTAVES * 1.01
+    return [v for v in values if here / reach <= v <= here * reach]
 
 
 def swept_fields(cfg: OptimizerConfig) -> list[str]:

@@ -28,7 +28,7 @@ from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
 from marin_optim.speedrun import results as res
 from marin_optim.speedrun.config import SpeedrunConfig
-from marin_optim.sweep.grids import GROWING, MAX_EXTENSIONS, beyond, check_value
+from marin_optim.sweep.grids import MAX_EXTENSIONS, beyond, check_value, near
 from marin_optim.sweep.trials import Runner, Trial, TrialStore, held, run_all, stable_hash
 
 DEFINITION = "definition.json"
@@ -111,9 +111,7 @@ def descend(
     path: list[dict[str, Any]] = []
     # a default grid grows while the best sits at its end (grids.beyond) and stays grown: a later
     # round tries its values around the current best again (and grows it on), rather than the
-    # default grid the best may have left behind; of a grown multiplicative grid, only those
-    # within the default grid's span (4x, with room for 3-significant-digit rounding) of the best,
-    # not every value it grew through
+    # default grid the best may have left behind (of a doubling grid, those near it: grids.near)
     grid_values = {name: list(grid) for name, grid in grids.items()}
     grown = {name: {"low": 0, "high": 0} for name in grids}
     for rnd in range(1, spec.max_rounds + 1):
@@ -121,8 +119,7 @@ def descend(
         for name, values in grid_values.items():
             while True:
                 here = getattr(current, name)
-                near = [v for v in values if name not in GROWING or here / 4.1 <= v <= here * 4.1]
-                cands = [check_value(current, name, v, label) for v in near if v != here]
+                cands = [check_value(current, name, v, label) for v in near(name, values, here) if v != here]
                 for cfg, loss in zip(cands, (yield from losses(cands)), strict=True):
                     if loss < best_loss - spec.threshold:
                         current, best_loss, moved = cfg, loss, True

@@ -24,6 +24,7 @@ from marin_optim.sweep.grids import (
     WARMUPS,
     beyond,
     default_grid,
+    near,
     parse_grid_option,
     significant,
 )
@@ -219,6 +220,14 @@ def test_a_grid_grows_by_doubling_or_along_its_ladder():
     assert beyond("beta2", (0.9, 0.95, 0.98), "low") == 0.8 and beyond("beta2", (0.99,), "high") == 0.995
     assert beyond("momentum", (0.8, 0.9), "low") == 0.7 and beyond("momentum", (0.99,), "high") is None
     assert beyond("beta1", (0.93,), "high") == 0.95  # a value off the ladder joins it
+
+
+def test_a_round_tries_a_doubling_grid_near_the_best_despite_rounding():
+    grown = [significant(7e-4 * 2.0**k) for k in range(-2, 11)]  # 1.75e-4 .. 0.717
+    # 0.179 (0.1792) and 0.717 (0.7168) are 4.006x apart once rounded: still within 4x
+    assert near("learning_rate", grown, significant(7e-4 * 2**8)) == grown[8:]
+    assert near("adam_lr", grown, 7e-4) == grown[:5]
+    assert near("beta2", (0.8, 0.9, 0.95), 0.95) == [0.8, 0.9, 0.95]  # a ladder grid: all of it
 
 
 def test_a_given_zero_is_the_defaults_spelling():
