@@ -78,10 +78,11 @@ def plot_curves(
         # The first steps sit near ln(256) = 5.5; keep the interesting range readable.
         ax.set_ylim(bottom=min(lows) * 0.95)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # beside the axes, where it hides none of the curves' ends
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     write_atomic(path, buf.getvalue())
     return Path(path)

@@ -208,6 +208,18 @@ def sensitivity(
     return out
 
 
+def log_axis_at(ax: Any, xs: Sequence[float]) -> None:
+    """A log x axis ticked and labelled at the values tried, ``xs``, and nowhere else: left to
+    itself, a log axis spanning under a decade labels its minor ticks, and those overlap."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(xs))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+
+
 def plot_sensitivity(path: Path, label: str, curves: Mapping[str, list[tuple[Any, float]]]) -> None:
     """One panel per swept field: final eval loss against the field's value (failed: at the top)."""
     import io
@@ -231,7 +243,7 @@ def plot_sensitivity(path: Path, label: str, curves: Mapping[str, list[tuple[Any
             if not math.isfinite(y):
                 ax.plot([x], [top], marker="x", color="red")
         if name in GROWING and all(x > 0 for x in xs):
-            ax.set_xscale("log")
+            log_axis_at(ax, xs)
         ax.set_xlabel(name)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("final eval loss")

@@ -28,6 +28,7 @@ from marin_optim.sweep.grids import (
     parse_grid_option,
     significant,
 )
+from marin_optim.sweep.report import log_axis_at
 from marin_optim.sweep.search import SweepSpec, run_search
 from marin_optim.sweep.trials import Trial, TrialStore, run_trial
 
@@ -228,6 +229,22 @@ def test_a_round_tries_a_doubling_grid_near_the_best_despite_rounding():
     assert near("learning_rate", grown, significant(7e-4 * 2**8)) == grown[8:]
     assert near("adam_lr", grown, 7e-4) == grown[:5]
     assert near("beta2", (0.8, 0.9, 0.95), 0.95) == [0.8, 0.9, 0.95]  # a ladder grid: all of it
+
+
+def test_a_sensitivity_plots_log_axis_labels_the_values_tried_only():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    xs = [4.8e-3, 9.6e-3, 1.92e-2, 3.84e-2]  # under a decade: matplotlib would label minor ticks
+    ax.plot(xs, [2.0, 1.9, 1.85, 1.9])
+    log_axis_at(ax, xs)
+    fig.canvas.draw()
+    assert list(ax.get_xticks()) == xs and len(ax.xaxis.get_minorticklocs()) == 0
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.0048", "0.0096", "0.0192", "0.0384"]
+    plt.close(fig)
 
 
 def test_a_given_zero_is_the_defaults_spelling():
