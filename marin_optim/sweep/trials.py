@@ -188,9 +188,32 @@ def stop_with(parent: int, interval: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True, name="stop_with_parent").start()
 
 
+def cpu_shares(workers: int, cpus: Iterable[int]) -> list[set[int]]:
+    """The CPUs each of ``workers`` processes runs on: ``cpus`` cut into ``workers`` contiguous
+    shares as even as they go, or one CPU each, dealt round-robin, when there are fewer CPUs
+    than workers."""
+    cpus = sorted(cpus)
+    if workers >= len(cpus):
+        return [{cpus[i % len(cpus)]} for i in range(workers)]
+    size, extra = divmod(len(cpus), workers)
+    starts = [i * size + min(i, extra) for i in range(workers + 1)]
+    return [set(cpus[starts[i] : starts[i + 1]]) for i in range(workers)]
+
+
+def start_worker(parent: int, shares: Any) -> None:
+    """A local worker's start: stop with ``parent`` (:func:`stop_with`) and keep to the next CPU
+    share in the queue ``shares`` (:func:`cpu_shares`), before XLA sizes its thread pools from the
+    CPUs it may use. Unpinned, N workers' XLA runtimes each spread over every core and contend,
+    several times slower than pinned (measured in the README's sweep section, "Where it runs")."""
+    stop_with(parent)
+    with contextlib.suppress(Exception):  # no share left (a replaced worker) or no affinity API
+        os.sched_setaffinity(0, shares.get_nowait())
+
+
 class LocalRunner:
     """Trials in this process (``workers == 1``) or in ``workers`` spawned processes, each of
-    which stops when this process is gone (:func:`stop_with`)."""
+    which stops when this process is gone and keeps to its own share of this process's CPUs
+    (:func:`start_worker`)."""
 
     def __init__(self, workers: int = 1):
         if workers < 1:
@@ -215,11 +238,13 @@ class LocalRunner:
     def pool(self) -> concurrent.futures.ProcessPoolExecutor:
         """The worker processes (started on first use)."""
         if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            shares = context.Queue()
+            if hasattr(os, "sched_getaffinity"):
+                for share in cpu_shares(self.workers, os.sched_getaffinity(0)):
+                    shares.put(share)
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=stop_with,
-                initargs=(os.getpid(),),
+                self.workers, mp_context=context, initializer=start_worker, initargs=(os.getpid(), shares)
             )
         return self._pool
 

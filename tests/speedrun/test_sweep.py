@@ -30,7 +30,7 @@ from marin_optim.sweep.grids import (
 )
 from marin_optim.sweep.report import log_axis_at
 from marin_optim.sweep.search import SweepSpec, run_search
-from marin_optim.sweep.trials import Trial, TrialStore, run_trial
+from marin_optim.sweep.trials import LocalRunner, Trial, TrialStore, cpu_shares, run_trial
 
 # ---------------------------------------------------------------- grids and their errors
 
@@ -348,6 +348,25 @@ def test_a_held_lock_is_waited_for_or_refused(tmp_path):
         order.append("second in")
     thread.join()
     assert order == ["holder done", "second in"]
+
+
+def test_cpus_are_shared_out_evenly_among_workers():
+    assert cpu_shares(2, [1, 0]) == [{0}, {1}]
+    assert cpu_shares(3, range(8)) == [{0, 1, 2}, {3, 4, 5}, {6, 7}]
+    assert cpu_shares(3, [0, 1]) == [{0}, {1}, {0}]  # more workers than CPUs: one each, shared
+    assert cpu_shares(1, [0, 1, 2]) == [{0, 1, 2}]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="1 CPU")
+def test_each_local_worker_keeps_to_its_share_of_the_cpus():
+    runner = LocalRunner(2)
+    try:
+        pool = runner.pool()
+        seen = [f.result(timeout=120) for f in [pool.submit(os.sched_getaffinity, 0) for _ in range(8)]]
+    finally:
+        runner.close()
+    shares = cpu_shares(2, os.sched_getaffinity(0))
+    assert all(cpus in shares for cpus in seen) and all(cpus < os.sched_getaffinity(0) for cpus in seen)
 
 
 STOP_SCRIPT = """
