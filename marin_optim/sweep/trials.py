@@ -27,6 +27,7 @@ import json
 import math
 import multiprocessing
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -206,8 +207,10 @@ def start_worker(parent: int, shares: Any) -> None:
     CPUs it may use. Unpinned, N workers' XLA runtimes each spread over every core and contend,
     several times slower than pinned (measured in the README's sweep section, "Where it runs")."""
     stop_with(parent)
-    with contextlib.suppress(Exception):  # no share left (a replaced worker) or no affinity API
-        os.sched_setaffinity(0, shares.get_nowait())
+    # a share may still be in the parent's feeder thread: wait for it a little; none comes for a
+    # worker that replaces one (the pool is then broken anyway) or where there is no affinity API
+    with contextlib.suppress(queue.Empty, AttributeError, OSError):
+        os.sched_setaffinity(0, shares.get(timeout=10))
 
 
 class LocalRunner:
