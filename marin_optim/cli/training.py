@@ -198,13 +198,16 @@ def compare_main(argv: list[str]) -> int:
 
 SWEEP_USAGE = f"""usage: {PROG} sweep NAME [NAME ...] [--grid [NAME.]FIELD=v1,v2,...]... [--fields F1,F2]
     [--seeds 3] [--threshold 0.005] [--max_rounds 3] [--lengths 1,2,4] [--baseline adamw|none]
-    [--output_dir runs/sweep] [--workers N | --ray auto|local|ADDRESS] [--force true]
+    [--start DIR]... [--output_dir runs/sweep] [--workers N | --ray auto|local|ADDRESS] [--force true]
     [speedrun options]
 
 Tunes every named optimizer by coordinate descent on the speedrun (the learning rate first, then
 warmup, weight decay, betas / momentum, each on a grid around its default; --fields: only these
 fields, in this order), re-runs the best config with --seeds seeds, runs tuned AdamW at --lengths
 times the steps, and writes sweep.md, sweep.json, best/NAME.yaml and plots into --output_dir.
+--start DIR (repeatable): an optimizer with a DIR/NAME.yaml (e.g. another sweep's best/; the
+first DIR that has one) starts from its optimizer section instead of its defaults, its grids
+centred there.
 Interrupted: run the same command again; a trial is never run twice.
   e.g. marin-optim sweep adamw lion --grid learning_rate=1e-3,3e-3,1e-2 --train.num_train_steps 200
 --optimizer.FIELD VALUE sets a field of every optimizer that has it; speedrun options follow:
@@ -226,11 +229,12 @@ SWEEP_OPTIONS = (
 
 def split_sweep_argv(
     argv: Sequence[str],
-) -> tuple[list[str], dict[str, str], list[str], dict[str, str], list[str]]:
-    """``(optimizer names, sweep options, --grid texts, shared --optimizer.* overrides, speedrun argv)``."""
-    names, options, shared, rest = split_optimizers_argv("sweep", argv, (*SWEEP_OPTIONS, "grid"))
-    grids = options.pop("grid", [])
-    return names, {k: v[-1] for k, v in options.items()}, grids, shared, rest
+) -> tuple[list[str], dict[str, str], list[str], list[str], dict[str, str], list[str]]:
+    """``(optimizer names, sweep options, --grid texts, --start directories, shared --optimizer.*
+    overrides, speedrun argv)``."""
+    names, options, shared, rest = split_optimizers_argv("sweep", argv, (*SWEEP_OPTIONS, "grid", "start"))
+    grids, starts = options.pop("grid", []), options.pop("start", [])
+    return names, {k: v[-1] for k, v in options.items()}, grids, starts, shared, rest
 
 
 def sweep_main(argv: list[str]) -> int:
@@ -244,7 +248,7 @@ def sweep_main(argv: list[str]) -> int:
 
         from marin_optim.sweep import DEFAULT_OUTPUT_DIR, make_spec, run_sweep
 
-        names, options, grids, shared_raw, rest = split_sweep_argv(argv)
+        names, options, grids, starts, shared_raw, rest = split_sweep_argv(argv)
         if not names:
             raise ConfigError("sweep: name at least one optimizer, e.g. `marin-optim sweep adamw lion`")
         lengths_text = options.get("lengths", "1,2,4")
@@ -268,6 +272,7 @@ def sweep_main(argv: list[str]) -> int:
             max_rounds=_number(options, "max_rounds", int, 3),
             lengths=lengths,
             baseline=None if baseline == "none" else baseline,
+            start=starts,
         )
         base = _parse(rest)
         run_sweep(

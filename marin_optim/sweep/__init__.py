@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from marin_optim.errors import ConfigError
 from marin_optim.speedrun.config import SpeedrunConfig
 from marin_optim.sweep.grids import parse_grid_option, resolve_grids
 from marin_optim.sweep.report import steps_to_reach, write_report
@@ -34,15 +35,25 @@ def make_spec(
     max_rounds: int = 3,
     lengths: Sequence[int] = (1, 2, 4),
     baseline: str | None = "adamw",
+    start: str | Path | Sequence[str | Path] = (),
 ) -> SweepSpec:
-    """A :class:`SweepSpec` from names, ``--grid`` texts and ``--fields``; everything checked,
-    nothing run.
+    """A :class:`SweepSpec` from names, ``--grid`` texts, ``--fields`` and ``--start``; everything
+    checked, nothing run.
 
-    The baseline is added to the optimizers when it is not among them (the speedup needs it)."""
+    The baseline is added to the optimizers when it is not among them (the speedup needs it).
+    With ``start`` (directories such as other sweeps' ``best/``), an optimizer with a ``NAME.yaml``
+    in one of them starts its search from that config (the first found) instead of its defaults,
+    and its default grids centre on it (:func:`~marin_optim.sweep.search.optimizer_specs`)."""
     names = list(dict.fromkeys(optimizers))
     if baseline is not None and baseline not in names:
         names.append(baseline)
-    configs = optimizer_specs(names, shared or {})
+    start = [start] if isinstance(start, (str, Path)) else list(start)
+    for directory in start:
+        if not Path(directory).is_dir():
+            raise ConfigError(
+                f"--start {directory}: not a directory (one holding NAME.yaml speedrun configs)"
+            )
+    configs, origins = optimizer_specs(names, shared or {}, start)
     given = [parse_grid_option(g) for g in grids]
     resolved = resolve_grids(configs, given, fields)
     explicit = {(label, field) for label in configs for scope, field, _ in given if scope in (None, label)}
@@ -55,6 +66,7 @@ def make_spec(
         max_rounds=max_rounds,
         lengths=tuple(lengths),
         baseline=baseline,
+        origins=origins,
     )
 
 

@@ -5,9 +5,11 @@ Pretraining Optimizers and Where to Find Them", arXiv:2509.02046): the learning 
 every other hyperparameter that matters for the optimizer, each on a short grid around its
 default. A field is swept when the optimizer has it (:data:`SWEPT_FIELDS`, in this order):
 
-* ``learning_rate``, ``adam_lr`` (the second learning rate of Muon-like optimizers): the default
-  times 1/4, 1/2, 1, 2, 4;
-* ``warmup`` (a fraction of the run): 0, 0.01, 0.05, 0.1, 0.2;
+* ``learning_rate``, ``adam_lr`` (the second learning rate of Muon-like optimizers),
+  ``preconditioner_lr`` (Kron's step in fitting its preconditioner): the default times 1/4, 1/2,
+  1, 2, 4;
+* ``warmup`` (a fraction of the run): 0, 0.01, 0.05, 0.1, 0.2 (and the value's neighbours on
+  its ladder when it starts elsewhere);
 * ``weight_decay``: 0, half, the default, twice (0, 0.01, 0.1 when the default is 0);
 * ``beta1``, ``momentum``, ``beta2``: the default and its neighbours on a ladder of common values.
 
@@ -42,10 +44,11 @@ SWEPT_FIELDS: tuple[str, ...] = (
     "beta1",
     "momentum",
     "beta2",
+    "preconditioner_lr",
 )
 """Swept by default when the optimizer has the field, in this order."""
 
-GROWING = frozenset({"learning_rate", "adam_lr"})
+GROWING = frozenset({"learning_rate", "adam_lr", "preconditioner_lr"})
 """Multiplicative default grids (around the default, plotted on a log scale), growing by 2x."""
 
 OCTAVES = 2
@@ -62,10 +65,10 @@ WARMUPS = (0.0, 0.01, 0.05, 0.1, 0.2)
 """The default warmup grid (fractions of the run); it grows along ``LADDERS["warmup"]``."""
 _MOMENTA = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 LADDERS: dict[str, tuple[float, ...]] = {
-    "warmup": (*WARMUPS, 0.3, 0.5),
+    "warmup": (*WARMUPS, 0.3, 0.5, 0.7),
     "beta1": _MOMENTA,
     "momentum": _MOMENTA,
-    "beta2": (0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999),
+    "beta2": (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999),
 }
 """The values a ladder field's grid grows through, in order (a default off the ladder joins it)."""
 
@@ -86,8 +89,8 @@ def default_grid(cfg: OptimizerConfig, field: str) -> tuple[Any, ...]:
     value = getattr(cfg, field)
     if field in GROWING:
         return tuple(significant(value * 2.0**k) for k in range(-OCTAVES, OCTAVES + 1))
-    if field == "warmup":
-        return WARMUPS
+    if field == "warmup":  # its neighbours too, when it starts off the default grid (--start)
+        return tuple(sorted({*WARMUPS, *_neighbours(value, LADDERS["warmup"])}))
     if field == "weight_decay":
         return (0.0, significant(value / 2), value, significant(value * 2)) if value else (0.0, 0.01, 0.1)
     return _neighbours(value, LADDERS[field])

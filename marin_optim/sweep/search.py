@@ -2,12 +2,13 @@
 directory that keeps it all.
 
 The search, per optimizer (Marin's optimizer study, Wen et al., 2025, section 3): start from the
-optimizer's defaults; for each swept field in turn (:mod:`marin_optim.sweep.grids`, the learning
-rate first), run every other value of its grid with the rest held, and move to the best one if
-it lowers the final eval loss by more than ``threshold``; repeat the round until no single change
-does (or ``max_rounds``). The best config is then run with ``seeds`` seeds (the search's own
-seed first), and the baseline's (AdamW's) also at every run length in ``lengths`` (multiples of
-the speedrun's steps), which the speedup needs (:mod:`marin_optim.sweep.report`).
+optimizer's defaults (or a given config: ``--start``); for each swept field in turn
+(:mod:`marin_optim.sweep.grids`, the learning rate first), run every other value of its grid with
+the rest held, and move to the best one if it lowers the final eval loss by more than
+``threshold``; repeat the round until no single change does (or ``max_rounds``). The best
+config is then run with ``seeds`` seeds (the search's own seed first), and the baseline's
+(AdamW's) also at every run length in ``lengths`` (multiples of the speedrun's steps), which the
+speedup needs (:mod:`marin_optim.sweep.report`).
 
 Every optimizer's search is a generator that yields the trials it needs next and receives their
 rows; the sweep runs the trials of all optimizers' next steps together, so ``--workers`` and Ray
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,10 @@ class SweepSpec:
     max_rounds: int = 3
     lengths: tuple[int, ...] = (1, 2, 4)
     baseline: str | None = "adamw"
+    origins: dict[str, str] = field(default_factory=dict)
+    """label -> where its starting config came from, with ``--start`` (its file, or its defaults
+    when it has none there); said in the run's header, not part of the sweep's definition (the
+    starting configs are)."""
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -117,16 +122,18 @@ def descend(
     for rnd in range(1, spec.max_rounds + 1):
         moved = False
         for name, values in grid_values.items():
+            given = (label, name) in spec.given  # used as written: every value, never grown
             while True:
                 here = getattr(current, name)
-                cands = [check_value(current, name, v, label) for v in near(name, values, here) if v != here]
+                tried = values if given else near(name, values, here)
+                cands = [check_value(current, name, v, label) for v in tried if v != here]
                 for cfg, loss in zip(cands, (yield from losses(cands)), strict=True):
                     if loss < best_loss - spec.threshold:
                         current, best_loss, moved = cfg, loss, True
                         path.append(
                             {"round": rnd, "field": name, "value": getattr(cfg, name), "eval_loss": loss}
                         )
-                if (label, name) in spec.given:
+                if given:
                     break
                 here = getattr(current, name)
                 end = "high" if here == max(values) else "low" if here == min(values) else None
@@ -225,6 +232,8 @@ def _search(
     definition = sweep_definition(base, spec)
     claim_directory(root, definition, force)
     store = TrialStore(root)
+    for label, origin in spec.origins.items():
+        log(f"sweep: {label} starts from {origin}")
     if store.rows:
         log(f"sweep: {len(store.rows)} finished trials in {store.path} are reused")
     base_dict = base.to_dict()
@@ -250,14 +259,47 @@ def _search(
     return store, outcomes
 
 
-def optimizer_specs(names: list[str], shared: dict[str, Any]) -> dict[str, OptimizerConfig]:
-    """``{name: its default config}`` (with ``shared`` fields set where the optimizer has them),
-    or a ConfigError listing the close matches of an unknown name."""
+def optimizer_specs(
+    names: list[str], shared: dict[str, Any], start: Sequence[str | Path] = ()
+) -> tuple[dict[str, OptimizerConfig], dict[str, str]]:
+    """``({name: its starting config}, {name: where that came from, with start only})``, or a
+    ConfigError listing the close matches of an unknown name.
+
+    An optimizer starts from its defaults, or, with ``start`` (directories such as other sweeps'
+    ``best/``), from the optimizer section of the first ``DIR/NAME.yaml`` that exists (a speedrun
+    config, as ``--config_path`` reads it; its other sections are not used). ``shared`` fields are
+    then set where the optimizer has them."""
     out: dict[str, OptimizerConfig] = {}
+    origins: dict[str, str] = {}
     for name in names:
         cls = OptimizerConfig.get_choice_class(name)
         fields = {f.name for f in dataclasses.fields(cls)}
-        out[name] = OptimizerConfig.from_dict(
-            {"type": name, **{k: v for k, v in shared.items() if k in fields}}
+        mine = {k: v for k, v in shared.items() if k in fields}
+        path = next((p for p in (Path(d) / f"{name}.yaml" for d in start) if p.is_file()), None)
+        if path is not None:
+            begun = _started_from(path, name, cls)
+            out[name] = OptimizerConfig.from_dict({**begun.to_dict(), **mine}) if mine else begun
+            origins[name] = str(path)
+            continue
+        out[name] = OptimizerConfig.from_dict({"type": name, **mine})
+        if start:
+            origins[name] = f"its defaults (no {name}.yaml in {', '.join(map(str, start))})"
+    return out, origins
+
+
+def _started_from(path: Path, name: str, cls: type[OptimizerConfig]) -> OptimizerConfig:
+    """The optimizer of the speedrun config in ``path``, which must be a ``name``."""
+    import yaml
+
+    from marin_optim.speedrun.config import SpeedrunConfig
+
+    try:
+        cfg = SpeedrunConfig.from_yaml(path.read_text()).optimizer
+    except (ConfigError, yaml.YAMLError) as e:
+        raise ConfigError(f"--start: {path}: {' '.join(str(e).split())}") from None
+    if type(cfg) is not cls:
+        raise ConfigError(
+            f"--start: {path} holds a {cfg.kind()} config, not {name} "
+            "(each optimizer starts from the file named after it)"
         )
-    return out
+    return cfg

@@ -51,6 +51,10 @@ def test_default_grids_follow_the_defaults():
     assert default_grid(adamw, "beta2") == (0.9, 0.95, 0.98)
     spec = make_spec(["muon"], baseline=None)
     assert list(spec.grids["muon"])[:2] == ["learning_rate", "adam_lr"]
+    kron = make_spec(["kron"], baseline=None).grids["kron"]
+    assert list(kron) == ["learning_rate", "warmup", "weight_decay", "beta1", "preconditioner_lr"]
+    assert kron["preconditioner_lr"] == (0.025, 0.05, 0.1, 0.2, 0.4)
+    assert beyond("preconditioner_lr", kron["preconditioner_lr"], "high") == 0.8
 
 
 @pytest.mark.parametrize(
@@ -85,6 +89,67 @@ def test_fields_and_grids_choose_what_is_swept():
     assert spec.grids["lion"] == {"beta1": (0.8, 0.9, 0.95), "learning_rate": (1e-3, 3e-3)}
     assert list(spec.grids["adamw"]) == ["beta1", "learning_rate"]  # the baseline was added
     assert ("lion", "learning_rate") in spec.given and ("adamw", "learning_rate") not in spec.given
+
+
+def write_start(directory, name: str, **fields: Any) -> None:
+    """``directory/name.yaml``: a speedrun config (as a sweep's ``best/`` holds) with ``fields``."""
+    opt = OptimizerConfig.from_dict({"type": name, **fields})
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.yaml").write_text(
+        tiny_config(directory / "unused").replace(optimizer=opt).to_yaml()
+    )
+
+
+def test_start_takes_each_optimizer_from_its_file_and_centres_its_grids_there(tmp_path):
+    start = tmp_path / "best"
+    write_start(start, "adamw", learning_rate=0.002, beta1=0.7, warmup=0.2)
+    spec = make_spec(["lion"], fields=["learning_rate", "beta1"], start=start, shared={"max_grad_norm": 0.5})
+    adamw, lion = spec.optimizers["adamw"], spec.optimizers["lion"]
+    assert (adamw.learning_rate, adamw.beta1, adamw.warmup, adamw.max_grad_norm) == (0.002, 0.7, 0.2, 0.5)
+    assert spec.grids["adamw"] == {
+        "learning_rate": (0.0005, 0.001, 0.002, 0.004, 0.008),
+        "beta1": (0.5, 0.7, 0.8),
+    }
+    assert lion == OptimizerConfig.from_dict({"type": "lion", "max_grad_norm": 0.5})  # no lion.yaml
+    # warmup's grid is the default one, with a start's neighbours when it lies beyond
+    assert default_grid(adamw, "warmup") == (*WARMUPS, 0.3)
+    assert default_grid(lion, "warmup") == WARMUPS
+    assert spec.origins == {
+        "lion": f"its defaults (no lion.yaml in {start})",
+        "adamw": str(start / "adamw.yaml"),
+    }
+    # several directories: each optimizer's file is taken from the first that has one
+    write_start(tmp_path / "other", "adamw", learning_rate=0.004)
+    write_start(tmp_path / "other", "lion", learning_rate=0.001)
+    both = make_spec(["lion"], start=[start, tmp_path / "other"])
+    assert both.optimizers["adamw"] == OptimizerConfig.from_dict(
+        {"type": "adamw", "learning_rate": 0.002, "beta1": 0.7, "warmup": 0.2}
+    )
+    assert both.optimizers["lion"].learning_rate == 0.001
+    assert both.origins["lion"] == str(tmp_path / "other" / "lion.yaml")
+
+
+@pytest.mark.parametrize(
+    "write, match",
+    [
+        (
+            lambda d: write_start(d, "lion") or (d / "lion.yaml").rename(d / "adamw.yaml"),
+            "holds a lion config, not adamw",
+        ),
+        (
+            lambda d: (d / "adamw.yaml").write_text("optimizer: {type: adamw, beta1: 2.0}\n"),
+            r"adamw\.yaml: .*beta1",
+        ),
+        (lambda d: (d / "adamw.yaml").write_text("optimizer: [\n"), r"--start: .*adamw\.yaml: "),
+    ],
+)
+def test_a_bad_start_file_is_refused_naming_it(tmp_path, write, match):
+    tmp_path.joinpath("best").mkdir()
+    write(tmp_path / "best")
+    with pytest.raises(ConfigError, match=match):
+        make_spec(["adamw"], start=tmp_path / "best")
+    with pytest.raises(ConfigError, match=r"--start .*nowhere: not a directory"):
+        make_spec(["adamw"], start=tmp_path / "nowhere")
 
 
 # ---------------------------------------------------------------- the speedup
@@ -196,6 +261,34 @@ def test_a_later_round_tries_the_grown_grid_around_the_best(tmp_path):
     assert min(o["learning_rate"] for o in lion_runs if o["beta1"] == 0.95) == significant(4 * lion_lr)
 
 
+def test_a_given_grid_is_tried_whole_and_never_grows(tmp_path):
+    # 1e-5 and 1e-2 lie beyond 4x of the default 6e-4, where a grown default grid is not tried
+    spec = bowl_spec(seeds=1, lengths=(1, 2), baseline=None, grids=["lion.learning_rate=1e-5,1e-2"])
+    runner = Bowl(lr_star=0.1)  # beyond the given grid's end
+    _, outcomes = run_search(
+        tiny_config(tmp_path / "unused"), spec, tmp_path / "sweep", runner, log=lambda _: None
+    )
+    tried = {t.optimizer["learning_rate"] for t in runner.ran}
+    assert tried == {spec.optimizers["lion"].learning_rate, 1e-5, 1e-2}
+    assert outcomes["lion"].best.learning_rate == 1e-2
+
+
+def test_a_search_started_at_the_optimum_stays_there_in_one_round(tmp_path):
+    base = tiny_config(tmp_path / "unused")
+    lion_lr = OptimizerConfig.from_dict({"type": "lion"}).learning_rate
+    runner = Bowl(lr_star=significant(16 * lion_lr))
+    write_start(tmp_path / "best", "lion", learning_rate=runner.lr_star, beta1=0.95)
+    spec = bowl_spec(seeds=1, lengths=(1, 2), baseline=None, start=tmp_path / "best")
+    said: list[str] = []
+    _, outcomes = run_search(base, spec, tmp_path / "sweep", runner, log=said.append)
+    assert f"sweep: lion starts from {tmp_path / 'best' / 'lion.yaml'}" in said
+    lion = outcomes["lion"]
+    assert lion.best == spec.optimizers["lion"] and lion.path == []
+    assert lion.changes == {"learning_rate": runner.lr_star, "beta1": 0.95}  # still from the defaults
+    # one round: the start (its seed's run too), then each grid's other values once
+    assert len(runner.ran) == 1 + sum(len(v) - 1 for v in spec.grids["lion"].values())
+
+
 def test_grids_grow_along_their_ladders_and_learning_rates_stop_after_max_extensions(tmp_path):
     # beta1's default grid is 0.8..0.95 around lion's 0.9; the optimum 0.5 is two rungs below it.
     # The learning rate's optimum is far past what MAX_EXTENSIONS doublings reach: it stops there.
@@ -217,8 +310,10 @@ def test_a_grid_grows_by_doubling_or_along_its_ladder():
     assert beyond("adam_lr", (1e-3, 2e-3), "low") == 5e-4
     assert beyond("weight_decay", (0.0, 0.05, 0.1, 0.2), "high") == 0.4
     assert beyond("weight_decay", (0.0, 0.05, 0.1, 0.2), "low") is None  # already at 0
-    assert beyond("warmup", WARMUPS, "high") == 0.3 and beyond("warmup", (0.3, 0.5), "high") is None
+    assert beyond("warmup", WARMUPS, "high") == 0.3 and beyond("warmup", (0.3, 0.5), "high") == 0.7
+    assert beyond("warmup", (0.5, 0.7), "high") is None
     assert beyond("beta2", (0.9, 0.95, 0.98), "low") == 0.8 and beyond("beta2", (0.99,), "high") == 0.995
+    assert beyond("beta2", (0.8, 0.9), "low") == 0.7 and beyond("beta2", (0.5,), "low") is None
     assert beyond("momentum", (0.8, 0.9), "low") == 0.7 and beyond("momentum", (0.99,), "high") is None
     assert beyond("beta1", (0.93,), "high") == 0.95  # a value off the ladder joins it
 
@@ -469,6 +564,7 @@ def test_sweep_cli_end_to_end_with_workers_then_resumed(tmp_path):
         (["--seeds", "2"], "name at least one optimizer"),
         (["lion", "--lengths", "1,x"], "--lengths='1,x'"),
         (["lion", "--fields", "learning_rate,bta1"], "--fields bta1"),
+        (["lion", "--start", "no/such/dir"], "--start no/such/dir: not a directory"),
     ],
 )
 def test_sweep_cli_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, needle):
