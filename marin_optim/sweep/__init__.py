@@ -47,13 +47,13 @@ def make_spec(
     names = list(dict.fromkeys(optimizers))
     if baseline is not None and baseline not in names:
         names.append(baseline)
-    start = [start] if isinstance(start, (str, Path)) else list(start)
-    for directory in start:
+    starts = [start] if isinstance(start, (str, Path)) else list(start)
+    for directory in starts:
         if not Path(directory).is_dir():
             raise ConfigError(
                 f"--start {directory}: not a directory (one holding NAME.yaml speedrun configs)"
             )
-    configs, origins = optimizer_specs(names, shared or {}, start)
+    configs, origins = optimizer_specs(names, shared or {}, starts)
     given = [parse_grid_option(g) for g in grids]
     resolved = resolve_grids(configs, given, fields)
     explicit = {(label, field) for label in configs for scope, field, _ in given if scope in (None, label)}
