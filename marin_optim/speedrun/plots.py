@@ -65,8 +65,12 @@ def plot_curves(
             ax.plot(c.train_steps, c.train_loss, color=color, alpha=0.2, linewidth=0.8)
             ax.plot(c.train_steps, smooth(c.train_loss), color=color, linewidth=1.5, label=f"{label} train")
             lows.append(min(c.train_loss))
+        # evaluations are joined only where they trace a curve: two (start, end) would draw a chord
         if c.eval_steps:
-            ax.plot(c.eval_steps, c.eval_loss, color=color, marker="o", linestyle="--", label=f"{label} eval")
+            joined = "--" if len(c.eval_steps) > 2 else "none"
+            ax.plot(
+                c.eval_steps, c.eval_loss, color=color, marker="o", linestyle=joined, label=f"{label} eval"
+            )
             lows.append(min(c.eval_loss))
     if loss_floor is not None:
         ax.axhline(loss_floor, color="black", linestyle=":", label=f"entropy floor {loss_floor:.3f}")
