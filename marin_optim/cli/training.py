@@ -198,8 +198,8 @@ def compare_main(argv: list[str]) -> int:
 
 SWEEP_USAGE = f"""usage: {PROG} sweep NAME [NAME ...] [--grid [NAME.]FIELD=v1,v2,...]... [--fields F1,F2]
     [--seeds 3] [--threshold 0.005] [--max_rounds 3] [--lengths 1,2,4] [--baseline adamw|none]
-    [--start DIR]... [--output_dir runs/sweep] [--workers N | --ray auto|local|ADDRESS] [--force true]
-    [speedrun options]
+    [--start DIR]... [--output_dir runs/sweep] [--force true]
+    [--workers N | --ray auto|local|ADDRESS [--ray_cpus 1] [--ray_gpus 0]] [speedrun options]
 
 Tunes every named optimizer by coordinate descent on the speedrun (the learning rate first, then
 warmup, weight decay, betas / momentum, each on a grid around its default; --fields: only these
@@ -208,6 +208,8 @@ times the steps, and writes sweep.md, sweep.json, best/NAME.yaml and plots into 
 --start DIR (repeatable): an optimizer with a DIR/NAME.yaml (e.g. another sweep's best/; the
 first DIR that has one) starts from its optimizer section instead of its defaults, its grids
 centred there.
+--ray: each trial a Ray task asking for --ray_cpus CPUs and --ray_gpus GPUs (without GPUs it
+runs on XLA:CPU, kept to its own share of its node's CPUs).
 Interrupted: run the same command again; a trial is never run twice.
   e.g. marin-optim sweep adamw lion --grid learning_rate=1e-3,3e-3,1e-2 --train.num_train_steps 200
 --optimizer.FIELD VALUE sets a field of every optimizer that has it; speedrun options follow:
@@ -223,6 +225,8 @@ SWEEP_OPTIONS = (
     "output_dir",
     "workers",
     "ray",
+    "ray_cpus",
+    "ray_gpus",
     "force",
 )
 
@@ -274,6 +278,12 @@ def sweep_main(argv: list[str]) -> int:
             baseline=None if baseline == "none" else baseline,
             start=starts,
         )
+        ray_resources = {k: _number(options, f"ray_{k}", float, d) for k, d in (("cpus", 1.0), ("gpus", 0.0))}
+        given = [f"--ray_{k}" for k in ("cpus", "gpus") if f"ray_{k}" in options]
+        if given and "ray" not in options:
+            raise ConfigError(
+                f"{' and '.join(given)}: only with --ray (the resources of each trial's Ray task)"
+            )
         base = _parse(rest)
         run_sweep(
             base,
@@ -281,6 +291,8 @@ def sweep_main(argv: list[str]) -> int:
             options.get("output_dir", DEFAULT_OUTPUT_DIR),
             workers=_number(options, "workers", int, 1),
             ray=options.get("ray"),
+            ray_cpus=ray_resources["cpus"],
+            ray_gpus=ray_resources["gpus"],
             force=force == "true",
         )
 

@@ -77,13 +77,17 @@ def run_sweep(
     *,
     workers: int = 1,
     ray: str | None = None,
+    ray_cpus: float = 1,
+    ray_gpus: float = 0,
     force: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Runs (or continues) the sweep ``spec`` on the speedrun ``base`` in ``output_dir`` and
-    writes its report; returns the per-optimizer summary (``sweep.json``'s ``results``)."""
+    writes its report; returns the per-optimizer summary (``sweep.json``'s ``results``). Trials run
+    in ``workers`` local processes, or with ``ray`` (an address, ``auto`` or ``local``) as Ray
+    tasks of ``ray_cpus`` CPUs and ``ray_gpus`` GPUs each."""
     root = Path(output_dir)
-    runner: Runner = RayRunner(ray) if ray else LocalRunner(workers)
+    runner: Runner = RayRunner(ray, ray_cpus, ray_gpus) if ray else LocalRunner(workers)
     try:
         store, outcomes = run_search(base, spec, root, runner, log=log, force=force)
     finally:

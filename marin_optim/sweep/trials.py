@@ -11,8 +11,11 @@ trial with status ``failed``; any other error stops the sweep (a bug is not a re
 Trials run in this process, in ``workers`` processes of this machine
 (``concurrent.futures.ProcessPoolExecutor``, spawned; each stops when the sweep's process is
 gone, however it ended), or as Ray tasks on a cluster (:class:`RayRunner`, ``pip install
-'marin-optim[ray]'``). A trial's directory is locked while it runs (:func:`held`), so a trial is
-never run by two processes at once: a worker left over from a killed sweep, a second sweep.
+'marin-optim[ray]'``). A trial computing on XLA:CPU keeps to its own CPUs either way (a local
+worker to its share, a Ray task to a share of its node that no other trial holds): XLA sizes its
+thread pools from the CPUs a process may use, and trials spread over the same cores contend. A
+trial's directory is locked while it runs (:func:`held`), so a trial is never run by two
+processes at once: a worker left over from a killed sweep, a second sweep.
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ def run_trial(base: dict[str, Any], trial: Trial, run_dir: str) -> dict[str, Any
         overwrite=False,
     )
     Path(run_dir).mkdir(parents=True, exist_ok=True)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     row: dict[str, Any] = {
         "key": trial.key,
         "label": trial.label,
@@ -118,6 +122,8 @@ def run_trial(base: dict[str, Any], trial: Trial, run_dir: str) -> dict[str, Any
         open(Path(run_dir) / "trial.log", "a") as log,
         contextlib.redirect_stdout(log),
     ):
+        if cpus is not None:
+            print(f"trial {trial.key}: process {os.getpid()} on CPUs {','.join(map(str, cpus))}", flush=True)
         try:
             info = run_speedrun(cfg, log=lambda msg: print(msg, file=log, flush=True)).run_info
         except NonFiniteError as e:
@@ -201,16 +207,73 @@ def cpu_shares(workers: int, cpus: Iterable[int]) -> list[set[int]]:
     return [set(cpus[starts[i] : starts[i + 1]]) for i in range(workers)]
 
 
+def keep_to(cpus: Iterable[int]) -> None:
+    """Keeps every thread of this process (and the threads they start) to ``cpus``. Done before
+    XLA sizes its thread pools from the CPUs the process may use: unpinned, trials side by side
+    each spread over every core and contend, several times slower than pinned (measured in the
+    README's sweep section, "Where it runs")."""
+    cpus = set(cpus)
+    threads = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+    for tid in threads:
+        with contextlib.suppress(ProcessLookupError):  # a thread that has ended meanwhile
+            os.sched_setaffinity(tid, cpus)
+
+
 def start_worker(parent: int, shares: Any) -> None:
     """A local worker's start: stop with ``parent`` (:func:`stop_with`) and keep to the next CPU
-    share in the queue ``shares`` (:func:`cpu_shares`), before XLA sizes its thread pools from the
-    CPUs it may use. Unpinned, N workers' XLA runtimes each spread over every core and contend,
-    several times slower than pinned (measured in the README's sweep section, "Where it runs")."""
+    share in the queue ``shares`` (:func:`cpu_shares`, :func:`keep_to`)."""
     stop_with(parent)
     # a share may still be in the parent's feeder thread: wait for it a little; none comes for a
     # worker that replaces one (the pool is then broken anyway) or where there is no affinity API
     with contextlib.suppress(queue.Empty, AttributeError, OSError):
-        os.sched_setaffinity(0, shares.get(timeout=10))
+        keep_to(shares.get(timeout=10))
+
+
+@contextlib.contextmanager
+def node_share(num_cpus: float, cpus: Iterable[int], lock_dir: str | Path) -> Iterator[set[int] | None]:
+    """A share of ``cpus`` (``ceil(num_cpus)`` of them or more: :func:`cpu_shares`) that no other
+    holder on this machine has, held while the block runs: each CPU of a share is claimed by an
+    ``flock`` on ``lock_dir/marin_optim-cpu-N.lock``, so trials of different share sizes, or of two
+    sweeps, never overlap. Yields None when every share has a CPU held (more trials than shares:
+    a Ray node whose CPU count exceeds its cores)."""
+    cpus = sorted(cpus)
+    shares = cpu_shares(max(1, len(cpus) // max(1, math.ceil(num_cpus))), cpus)
+    with contextlib.ExitStack() as claimed:
+        for share in shares:
+            files = []
+            for cpu in sorted(share):
+                f = open(Path(lock_dir) / f"marin_optim-cpu-{cpu}.lock", "a")
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    f.close()
+                    break
+                files.append(f)
+            else:
+                for f in files:
+                    claimed.enter_context(f)
+                yield share
+                return
+            for f in files:  # part of this share was held: let go of the rest, try the next
+                f.close()
+        yield None
+
+
+def run_ray_trial(
+    base: dict[str, Any], trial: Trial, run_dir: str, num_cpus: float, pin: bool
+) -> dict[str, Any]:
+    """:func:`run_trial` as a Ray task: with ``pin`` (a trial on XLA:CPU), first keeps this
+    process, a fresh one per task, to a free share of its node's CPUs (:func:`node_share` in the
+    node's temporary directory; unpinned when none is free). Ray counts a task's CPUs but does not
+    pin it to any."""
+    import tempfile
+
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return run_trial(base, trial, run_dir)
+    with node_share(num_cpus, os.sched_getaffinity(0), tempfile.gettempdir()) as share:
+        if share is not None:
+            keep_to(share)
+        return run_trial(base, trial, run_dir)
 
 
 class LocalRunner:
@@ -258,11 +321,18 @@ class LocalRunner:
 
 
 class RayRunner:
-    """Trials as Ray tasks (one CPU each unless ``num_cpus``/``num_gpus`` say otherwise) on the
-    cluster at ``address`` (``auto``: the one this machine belongs to; ``local``: a new one on
-    this machine). Results come back to this process, which alone writes ``trials.jsonl``."""
+    """Trials as Ray tasks on the cluster at ``address`` (``auto``: the one this machine belongs
+    to; ``local``: a new one on this machine), each asking for ``num_cpus`` CPUs and ``num_gpus``
+    GPUs (Ray gives a task its GPUs; one without GPUs computes on XLA:CPU, kept to a share of its
+    node's CPUs: :func:`run_ray_trial`). Each task runs in a fresh worker process
+    (``max_calls=1``), whose XLA starts with that task's CPUs and devices. Results come back to
+    this process, which alone writes ``trials.jsonl``."""
 
     def __init__(self, address: str, num_cpus: float = 1, num_gpus: float = 0):
+        if not num_cpus > 0:
+            raise ConfigError(f"--ray_cpus={num_cpus}: must be > 0 (the CPUs each trial asks Ray for)")
+        if not num_gpus >= 0:
+            raise ConfigError(f"--ray_gpus={num_gpus}: must be >= 0 (the GPUs each trial asks Ray for)")
         try:
             import ray
         except ImportError:
@@ -273,11 +343,12 @@ class RayRunner:
         if not ray.is_initialized():
             with contextlib.redirect_stderr(io.StringIO()):
                 ray.init(address=None if address == "local" else address, log_to_driver=False)
-        self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(run_trial)
+        self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_calls=1)(run_ray_trial)
+        self._resources = (num_cpus, num_gpus == 0)
 
     def run(self, base: dict[str, Any], trials: list[tuple[Trial, str]]) -> Iterator[dict[str, Any]]:
         ray = self._ray
-        pending = [self._task.remote(base, trial, run_dir) for trial, run_dir in trials]
+        pending = [self._task.remote(base, trial, run_dir, *self._resources) for trial, run_dir in trials]
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)

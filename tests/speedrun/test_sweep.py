@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +31,7 @@ from marin_optim.sweep.grids import (
 )
 from marin_optim.sweep.report import log_axis_at
 from marin_optim.sweep.search import SweepSpec, run_search
-from marin_optim.sweep.trials import LocalRunner, Trial, TrialStore, cpu_shares, run_trial
+from marin_optim.sweep.trials import LocalRunner, Trial, TrialStore, cpu_shares, node_share, run_trial
 
 # ---------------------------------------------------------------- grids and their errors
 
@@ -545,6 +546,9 @@ def test_sweep_cli_end_to_end_with_workers_then_resumed(tmp_path):
     expected = steps_to_reach([1, 2], [adamw[6], adamw[12]], lion_loss)
     assert summary["lion"]["speedup"]["values"] == [expected[0]]
     assert (out / "curves.png").exists() and "| lion |" in (out / "sweep.md").read_text()
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) > 1:  # each worker on its share
+        shares = cpu_shares(2, os.sched_getaffinity(0))
+        assert all(trial_cpus(r["run_dir"])[1] in shares for r in rows)
 
     again = sweep_cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -565,6 +569,10 @@ def test_sweep_cli_end_to_end_with_workers_then_resumed(tmp_path):
         (["lion", "--lengths", "1,x"], "--lengths='1,x'"),
         (["lion", "--fields", "learning_rate,bta1"], "--fields bta1"),
         (["lion", "--start", "no/such/dir"], "--start no/such/dir: not a directory"),
+        (["lion", "--ray_gpus", "1"], "--ray_gpus: only with --ray"),
+        (["lion", "--ray", "local", "--ray_cpus", "0"], "--ray_cpus=0.0: must be > 0"),
+        (["lion", "--ray", "local", "--ray_gpus", "-1"], "--ray_gpus=-1.0: must be >= 0"),
+        (["lion", "--ray", "local", "--ray_cpus", "two"], "--ray_cpus='two': expected a number"),
     ],
 )
 def test_sweep_cli_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, needle):
@@ -590,15 +598,38 @@ def test_a_diverging_trial_is_a_failed_trial_not_an_error(tmp_path):
     assert TrialStore(tmp_path).rows[trial.key]["eval_loss"] == math.inf  # survives JSON
 
 
+def trial_cpus(run_dir: str) -> tuple[int, set[int]]:
+    """(the process, the CPUs it kept to) of a trial, from its log."""
+    line = next(x for x in (Path(run_dir) / "trial.log").read_text().splitlines() if " on CPUs " in x)
+    pid, cpus = line.split(": process ")[1].split(" on CPUs ")
+    return int(pid), {int(c) for c in cpus.split(",")}
+
+
 def test_sweep_on_ray(tmp_path):
     pytest.importorskip("ray", reason="Ray is optional: pip install -e '.[ray]'")
     out = tmp_path / "sweep"
     args = ["lion", *SWEEP_ARGS, "--baseline", "none", *BASE_ARGS, "--output_dir", str(out)]
-    result = sweep_cli(*args, "--ray", "local")
+    result = sweep_cli(*args, "--ray", "local", "--ray_cpus", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     assert "speedup" not in json.loads((out / "sweep.json").read_text())["results"]["lion"]
+    # each task in a fresh process, kept to a share of one CPU (Ray pins none)
+    seen = [trial_cpus(r["run_dir"]) for r in rows]
+    assert seen[0][0] != seen[1][0] and os.getpid() not in (seen[0][0], seen[1][0])
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) > 1:
+        assert all(len(cpus) == 1 and cpus < os.sched_getaffinity(0) for _, cpus in seen), seen
+
+
+def test_trials_on_one_node_claim_shares_no_other_holds(tmp_path):
+    with node_share(1, [0, 1], tmp_path) as first, node_share(1, [1, 0], tmp_path) as second:
+        assert (first, second) == ({0}, {1})
+        with node_share(1, [0, 1], tmp_path) as third:
+            assert third is None  # every share held: runs unpinned
+        with node_share(2, [0, 1, 2, 3], tmp_path) as wide:  # another share size: CPUs not held
+            assert wide == {2, 3}
+    with node_share(1.5, [0, 1, 2, 3], tmp_path) as again:  # all let go; 1.5 CPUs ask for 2
+        assert again == {0, 1}
 
 
 def test_run_sweep_in_process_matches_a_speedrun(tmp_path):
