@@ -614,7 +614,7 @@ def test_sweep_on_ray(tmp_path):
     rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     assert "speedup" not in json.loads((out / "sweep.json").read_text())["results"]["lion"]
-    # each task in a fresh process, kept to a share of one CPU (Ray pins none)
+    # each task in a worker process, kept to a share of one CPU (Ray pins none)
     seen = [trial_cpus(r["run_dir"]) for r in rows]
     assert seen[0][0] != seen[1][0] and os.getpid() not in (seen[0][0], seen[1][0])
     if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) > 1:
