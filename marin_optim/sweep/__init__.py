@@ -92,7 +92,7 @@ def run_sweep(
         store, outcomes = run_search(base, spec, root, runner, log=log, force=force)
     finally:
         runner.close()
-    summary = write_report(root, base, spec, store, outcomes)
+    summary = write_report(root, base, spec, store, outcomes, log)
     log(f"sweep: wrote {root / 'sweep.md'}, {root / 'sweep.json'}, {root / 'best'}/*.yaml and plots")
     return summary
 

@@ -17,7 +17,7 @@ import datetime
 import math
 import os
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,13 @@ METHOD = "AdamW's final eval loss at {lengths} times the steps, interpolated lin
 
 def steps_to_reach(steps: Sequence[int], losses: Sequence[float], target: float) -> tuple[float, str]:
     """The steps at which a loss measured at ``steps`` (increasing) reaches ``target``, by linear
-        interpolation in ``log(steps)`` of the running minimum of ``losses`` (between the first
-    measurement that reaches it and the one before). Returns ``(steps, "")``,
-        or ``(steps[0], "<")`` when ``target`` is above the loss at ``steps[0]`` (reached sooner than
-        measured) and ``(steps[-1], ">")`` when it is below the loss at ``steps[-1]``.
+    interpolation in ``log(steps)`` of the running minimum of ``losses`` (between the first
+    measurement that reaches it and the one before). Returns ``(steps, "")``, or
+    ``(steps[0], "<")`` when ``target`` is above the loss at ``steps[0]`` (reached sooner than
+    measured) and ``(steps[-1], ">")`` when it is below the loss at ``steps[-1]``.
 
-        >>> steps_to_reach([100, 200, 400], [3.0, 2.8, 2.7], 2.9)
-        (141.42..., '')
+    >>> steps_to_reach([100, 200, 400], [3.0, 2.8, 2.7], 2.9)
+    (141.42..., '')
     """
     measured = np.asarray(losses, dtype=float)
     best = np.minimum.accumulate(measured)
@@ -255,12 +255,35 @@ def plot_sensitivity(path: Path, label: str, curves: Mapping[str, list[tuple[Any
     res.write_atomic(path, buf.getvalue())
 
 
+def tuned_curves(
+    store: TrialStore, outcomes: Mapping[str, Outcome], log: Callable[[str], None] = print
+) -> dict[str, Curve]:
+    """Each tuned config's loss curves, read from the run directory of its first seed's trial that
+    still holds its metrics (a sweep continued on another machine lacks the directories of the
+    trials it reuses), labelled with that seed where it is not the search's own; an optimizer with
+    none is left out, and said."""
+    curves = {}
+    for label, o in outcomes.items():
+        for i, trial in enumerate(o.seed_trials):
+            run = Path(store.rows[trial.key]["run_dir"])
+            metrics = next((m for m in (run / res.METRICS, run / res.PARTIAL_METRICS) if m.exists()), None)
+            if metrics is not None:
+                curves[label if i == 0 else f"{label} (seed {trial.seed})"] = Curve.from_rows(
+                    res.read_metrics(metrics)
+                )
+                break
+        else:
+            log(f"sweep: no loss curves for {label}: none of its tuned runs' directories holds its metrics")
+    return curves
+
+
 def write_report(
     root: Path,
     base: SpeedrunConfig,
     spec: SweepSpec,
     store: TrialStore,
     outcomes: Mapping[str, Outcome],
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Writes every output file (each atomically); returns the summary."""
     summary = summarize(spec, store, outcomes)
@@ -269,12 +292,7 @@ def write_report(
         tuned = base.replace(optimizer=o.best, output_dir=None, resume=False)
         res.write_atomic(root / "best" / f"{label}.yaml", tuned.to_yaml())
         plot_sensitivity(root / f"sensitivity-{label}.png", label, sensitivity(spec, store, o, seed, steps))
-    curves = {}
-    for label, o in outcomes.items():
-        run = Path(store.rows[o.seed_trials[0].key]["run_dir"])
-        metrics = run / res.METRICS if (run / res.METRICS).exists() else run / res.PARTIAL_METRICS
-        if metrics.exists():
-            curves[label] = Curve.from_rows(res.read_metrics(metrics))
+    curves = tuned_curves(store, outcomes, log)
     if curves:
         plot_curves(
             root / "curves.png",

@@ -370,6 +370,34 @@ def test_a_diverged_trial_loses_and_is_reported(tmp_path):
     assert "failed: diverged" in (tmp_path / "sweep" / "sweep.md").read_text()
 
 
+def test_loss_curves_come_from_the_first_seed_whose_run_directory_is_still_there(tmp_path):
+    # a sweep continued on another machine reuses trials whose directories it does not have
+    spec = bowl_spec(seeds=2, lengths=(1, 2), max_rounds=1)
+    base = tiny_config(tmp_path / "unused")
+    store, outcomes = run_search(base, spec, tmp_path / "sweep", Bowl(lr_star=1e-3), log=lambda _: None)
+    from marin_optim.sweep.report import tuned_curves
+
+    first, second = (Path(store.rows[t.key]["run_dir"]) for t in outcomes["lion"].seed_trials)
+    said: list[str] = []
+    assert tuned_curves(store, outcomes, said.append) == {}
+    assert said == [
+        f"sweep: no loss curves for {label}: none of its tuned runs' directories holds its metrics"
+        for label in outcomes  # lion and the baseline, adamw
+    ]
+
+    def write_metrics(run: Path, loss: float) -> None:
+        run.mkdir(parents=True, exist_ok=True)
+        rows = [{"step": 1, "loss": loss}, {"step": 2, "loss": loss - 1, "eval_loss": loss - 0.5}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write_metrics(second, 5.0)
+    curves = tuned_curves(store, outcomes, said.append)
+    assert list(curves) == [f"lion (seed {base.train.seed + 1})"]
+    assert curves[f"lion (seed {base.train.seed + 1})"].train_loss == [5.0, 4.0]
+    write_metrics(first, 7.0)
+    assert {k: c.eval_loss for k, c in tuned_curves(store, outcomes, said.append).items()} == {"lion": [6.5]}
+
+
 def test_resume_reuses_finished_trials_and_refuses_another_sweep(tmp_path):
     spec = bowl_spec(seeds=2, lengths=(1, 2))
     base = tiny_config(tmp_path / "unused")
