@@ -831,9 +831,7 @@ def _indent(text: str) -> str:
 def _header(cfg: SpeedrunConfig, plan: Plan, dataset: TokenDataset) -> str:
     m, t = cfg.model, cfg.train
     lines = [
-        f"marin-optim speedrun: {cfg.optimizer_name} on {m.preset} "
-        f"({m.num_parameters() / 1e6:.2f}M params: d={m.hidden_dim} ff={m.intermediate_dim} "
-        f"heads={m.num_heads}/{m.num_kv_heads} layers={m.num_layers})",
+        f"marin-optim speedrun: {cfg.optimizer_name} on {m.describe()}",
         f"  data: {dataset.name}  train {len(dataset.train) / 1e6:.1f} MB  "
         f"val {len(dataset.val) / 1e6:.2f} MB"
         + (f"  entropy floor {dataset.loss_floor:.4f} nats" if dataset.loss_floor is not None else ""),

@@ -138,7 +138,7 @@ def format_markdown(
         "# Sweep",
         "",
         f"{len(store.rows)} trials, {datetime.date.today().isoformat()}, {machine()}: speedrun model "
-        f"`{base.model.preset}`, data `{base.data.source or ('files' if base.data.files else 'stdlib')}`, "
+        f"{base.model.describe()}, data `{base.data.source or ('files' if base.data.files else 'stdlib')}`, "
         f"{t.num_train_steps} steps of {t.batch_size} x {t.seq_len} bytes, seeds "
         f"{t.seed}..{t.seed + spec.seeds - 1}; coordinate descent (threshold {spec.threshold} nats, at most "
         f"{spec.max_rounds} rounds).",

@@ -61,6 +61,19 @@ def test_presets_follow_marins_shapes():
     assert (m.hidden_dim, m.num_layers) == (256, 2)
 
 
+def test_a_model_describes_itself_by_its_preset_the_sizes_set_apart_from_it_and_its_shape():
+    """What the speedrun's log and a sweep's report name the model by: a preset with a size given
+    on top of it is not that preset, so the changed sizes are named."""
+    assert ModelConfig().describe() == "cpu (0.85M params: d=128 ff=384 heads=4/2 layers=4)"
+    big = ModelConfig(hidden_dim=256, intermediate_dim=768)
+    assert big.describe() == (
+        f"cpu with hidden_dim=256, intermediate_dim=768 ({big.num_parameters() / 1e6:.2f}M params: "
+        "d=256 ff=768 heads=4/2 layers=4)"
+    )
+    # a size given equal to the preset's is no change
+    assert ModelConfig(num_layers=4).describe() == ModelConfig().describe()
+
+
 def test_layers_are_one_scanned_stack():
     model = abstract(SMALL)
     w = model.layers.stacked.attn.q_proj.weight

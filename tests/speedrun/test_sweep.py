@@ -367,7 +367,10 @@ def test_a_diverged_trial_loses_and_is_reported(tmp_path):
 
     summary = write_report(tmp_path / "sweep", base, spec, store, outcomes)
     assert summary["lion"]["trials_failed"] == 1
-    assert "failed: diverged" in (tmp_path / "sweep" / "sweep.md").read_text()
+    text = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "failed: diverged" in text
+    # the header names the model the trials trained, sizes set apart from its preset included
+    assert f"speedrun model {base.model.describe()}, data" in text.splitlines()[2]
 
 
 def test_loss_curves_come_from_the_first_seed_whose_run_directory_is_still_there(tmp_path):
