@@ -82,7 +82,7 @@ def params_main(argv: list[str]) -> int:
         from marin_optim.speedrun.trainer import abstract_params
 
         cfg = _parse(argv)
-        print(f"{cfg.optimizer_name} on model {cfg.model.preset}:")
+        print(f"{cfg.optimizer_name} on model {cfg.model.name}:")
         print(cfg.optimizer.param_table(abstract_params(cfg.model)))
 
     return run_guarded(f"{PROG} params", body)

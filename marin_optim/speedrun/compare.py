@@ -130,7 +130,7 @@ def run_compare(
     plot_curves(
         root / "compare.png",
         curves,
-        title=f"{', '.join(labels)} on {base.model.preset} ({base.train.num_train_steps} steps)",
+        title=f"{', '.join(labels)} on {base.model.name} ({base.train.num_train_steps} steps)",
         loss_floor=floor,
     )
     res.write_atomic(root / "compare.md", table + "\n")

@@ -151,18 +151,22 @@ class ModelConfig:
         head = 0 if self.tie_embeddings else d * VOCAB_SIZE
         return VOCAB_SIZE * d + self.num_layers * block + d + head
 
-    def describe(self) -> str:
-        """The preset, any size set apart from it, and the shape, e.g. ``cpu with hidden_dim=256,
-        intermediate_dim=768 (3.28M params: d=256 ff=768 heads=4/2 layers=4)``."""
+    @property
+    def name(self) -> str:
+        """The preset and any size set apart from it, e.g. ``cpu with hidden_dim=256,
+        intermediate_dim=768`` (a resized preset is not that preset)."""
         changed = [
-            f"{name}={getattr(self, name)}"
-            for name, value in zip(_PRESET_FIELDS, PRESETS[self.preset], strict=True)
-            if getattr(self, name) != value
+            f"{size}={getattr(self, size)}"
+            for size, preset_value in zip(_PRESET_FIELDS, PRESETS[self.preset], strict=True)
+            if getattr(self, size) != preset_value
         ]
+        return self.preset + (f" with {', '.join(changed)}" if changed else "")
+
+    def describe(self) -> str:
+        """:attr:`name` and the shape, e.g. ``cpu (0.85M params: d=128 ff=384 heads=4/2 layers=4)``."""
         return (
-            f"{self.preset}{' with ' + ', '.join(changed) if changed else ''} "
-            f"({self.num_parameters() / 1e6:.2f}M params: d={self.hidden_dim} ff={self.intermediate_dim} "
-            f"heads={self.num_heads}/{self.num_kv_heads} layers={self.num_layers})"
+            f"{self.name} ({self.num_parameters() / 1e6:.2f}M params: d={self.hidden_dim} "
+            f"ff={self.intermediate_dim} heads={self.num_heads}/{self.num_kv_heads} layers={self.num_layers})"
         )
 
     def flops_per_token(self, seq_len: int) -> float:

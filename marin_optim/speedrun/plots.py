@@ -44,6 +44,17 @@ def smooth(values: Sequence[float], alpha: float = 0.1) -> np.ndarray:
     return np.asarray(out)
 
 
+def curve_styles(n: int) -> list[tuple[tuple[float, ...], str]]:
+    """``n`` (colour, line style) pairs, no two alike up to 80: matplotlib's ten-colour cycle up to
+    ten curves, its twenty-colour palette beyond (a sweep of the study's eleven optimizers plots
+    eleven), then the same colours dashed, dotted, dash-dotted."""
+    from matplotlib import colormaps
+
+    colors = colormaps["tab10" if n <= 10 else "tab20"].colors
+    styles = ("-", "--", ":", "-.")
+    return [(colors[i % len(colors)], styles[(i // len(colors)) % len(styles)]) for i in range(n)]
+
+
 def plot_curves(
     path: str | Path,
     curves: Mapping[str, Curve],
@@ -57,13 +68,18 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     lows = []
-    for i, (label, c) in enumerate(curves.items()):
-        color = colors[i % len(colors)]
+    for (label, c), (color, dashes) in zip(curves.items(), curve_styles(len(curves)), strict=True):
         if c.train_steps:
             ax.plot(c.train_steps, c.train_loss, color=color, alpha=0.2, linewidth=0.8)
-            ax.plot(c.train_steps, smooth(c.train_loss), color=color, linewidth=1.5, label=f"{label} train")
+            ax.plot(
+                c.train_steps,
+                smooth(c.train_loss),
+                color=color,
+                linestyle=dashes,
+                linewidth=1.5,
+                label=f"{label} train",
+            )
             lows.append(min(c.train_loss))
         # evaluations are joined only where they trace a curve: two (start, end) would draw a chord
         if c.eval_steps:

@@ -712,7 +712,7 @@ def _finish(
         plot_curves(
             plan.run_dir / res.PLOT,
             {cfg.optimizer_name: curve},
-            title=f"{cfg.optimizer_name} / model {cfg.model.preset} / data {cfg.data.resolved_source}",
+            title=f"{cfg.optimizer_name} / model {cfg.model.name} / data {cfg.data.resolved_source}",
             loss_floor=dataset.loss_floor,
         )
         log.finish()

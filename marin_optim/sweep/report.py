@@ -221,9 +221,23 @@ def log_axis_at(ax: Any, xs: Sequence[float]) -> None:
 
 
 def plot_sensitivity(path: Path, label: str, curves: Mapping[str, list[tuple[Any, float]]]) -> None:
-    """One panel per swept field: final eval loss against the field's value (failed: at the top)."""
+    """Writes :func:`sensitivity_figure` as a PNG (nothing when no field has a point)."""
     import io
 
+    import matplotlib.pyplot as plt
+
+    fig = sensitivity_figure(label, curves)
+    if fig is None:
+        return
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    res.write_atomic(path, buf.getvalue())
+
+
+def sensitivity_figure(label: str, curves: Mapping[str, list[tuple[Any, float]]]) -> Any:
+    """One panel per swept field: final eval loss against the field's value (failed: at the top);
+    wide enough for its title with a single panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,8 +245,8 @@ def plot_sensitivity(path: Path, label: str, curves: Mapping[str, list[tuple[Any
 
     names = [n for n, pts in curves.items() if pts]
     if not names:
-        return
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(max(3.2 * len(names), 6.0), 3), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         xs = [float(x) for x, _ in curves[name]]
         ys = [y for _, y in curves[name]]
@@ -249,10 +263,7 @@ def plot_sensitivity(path: Path, label: str, curves: Mapping[str, list[tuple[Any
     axes[0][0].set_ylabel("final eval loss")
     fig.suptitle(f"{label}: one field changed from the tuned config (x: diverged)", fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    res.write_atomic(path, buf.getvalue())
+    return fig
 
 
 def tuned_curves(
@@ -297,7 +308,7 @@ def write_report(
         plot_curves(
             root / "curves.png",
             curves,
-            title=f"tuned runs on {base.model.preset} ({steps} steps, seed {seed})",
+            title=f"tuned runs on {base.model.name} ({steps} steps, seed {seed})",
         )
     data = {
         "definition": sweep_definition(base, spec),

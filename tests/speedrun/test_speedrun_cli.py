@@ -15,7 +15,7 @@ from marin_optim.cli import main
 from marin_optim.cli.training import compare_main, speedrun_main, split_compare_argv
 from marin_optim.speedrun import results as res
 from marin_optim.speedrun.compare import parse_optimizer_spec, run_compare, steps_to_target
-from marin_optim.speedrun.plots import Curve
+from marin_optim.speedrun.plots import Curve, curve_styles
 
 # name -> (extra argv, text the one-line error must contain). Run on 2 simulated devices.
 BAD_INPUTS = {
@@ -114,6 +114,21 @@ def test_steps_to_target_uses_the_smoothed_training_loss():
     # EMA (alpha 0.1, bias-corrected): 4.0, 3.47, 2.55, 2.09
     assert steps_to_target(c, 2.6) == 3
     assert steps_to_target(c, 1.0) is None
+
+
+@pytest.mark.parametrize("n", [3, 10, 11, 20, 21, 80])
+def test_no_two_curves_of_a_plot_look_alike(n):
+    # a sweep of the study's eleven optimizers plots eleven curves: the ten-colour cycle drew the
+    # first and the eleventh in one colour
+    import matplotlib
+
+    styles = curve_styles(n)
+    assert len(styles) == n and len(set(styles)) == n
+    if n <= 10:  # matplotlib's own default colours while they suffice
+        cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+        assert [matplotlib.colors.to_hex(c) for c, _ in styles] == [
+            matplotlib.colors.to_hex(c) for c in cycle[:n]
+        ]
 
 
 @pytest.mark.slow

@@ -70,6 +70,7 @@ def test_a_model_describes_itself_by_its_preset_the_sizes_set_apart_from_it_and_
         f"cpu with hidden_dim=256, intermediate_dim=768 ({big.num_parameters() / 1e6:.2f}M params: "
         "d=256 ff=768 heads=4/2 layers=4)"
     )
+    assert big.name == "cpu with hidden_dim=256, intermediate_dim=768"
     # a size given equal to the preset's is no change
     assert ModelConfig(num_layers=4).describe() == ModelConfig().describe()
 

@@ -29,7 +29,7 @@ from marin_optim.sweep.grids import (
     parse_grid_option,
     significant,
 )
-from marin_optim.sweep.report import log_axis_at
+from marin_optim.sweep.report import log_axis_at, sensitivity_figure
 from marin_optim.sweep.search import SweepSpec, run_search
 from marin_optim.sweep.trials import LocalRunner, Trial, TrialStore, cpu_shares, node_share, run_trial
 
@@ -325,6 +325,20 @@ def test_a_round_tries_a_doubling_grid_near_the_best_despite_rounding():
     assert near("learning_rate", grown, significant(7e-4 * 2**8)) == grown[8:]
     assert near("adam_lr", grown, 7e-4) == grown[:5]
     assert near("beta2", (0.8, 0.9, 0.95), 0.95) == [0.8, 0.9, 0.95]  # a ladder grid: all of it
+
+
+@pytest.mark.parametrize("fields", [1, 3])
+def test_a_sensitivity_plots_title_fits_its_figure(fields):
+    # a sweep of one field (--fields learning_rate) draws one panel: its title was cut at both sides
+    import matplotlib.pyplot as plt
+
+    curves = {f"field{i}": [(1e-3, 2.0), (2e-3, 1.9)] for i in range(fields)}
+    fig = sensitivity_figure("cautious", curves)
+    fig.canvas.draw()
+    (title,) = [t for t in fig.texts if t.get_text() == fig.get_suptitle()]
+    box = title.get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width
+    plt.close(fig)
 
 
 def test_a_sensitivity_plots_log_axis_labels_the_values_tried_only():
