@@ -6,7 +6,6 @@ import dataclasses
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import draccus
@@ -206,9 +205,6 @@ def _plot_schedule(path: str, steps: Any, lr: Any, wd: Any, title: str) -> None:
     ax.set_title(title)
     ax.legend(handles=[lr_line, wd_line], loc="lower left", framealpha=0.9)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
+    from marin_optim.speedrun.plots import save_png
+
+    save_png(fig, path, dpi=110)

@@ -6,6 +6,7 @@ import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,16 @@ def smooth(values: Sequence[float], alpha: float = 0.1) -> np.ndarray:
         weight = (1 - alpha) * weight + alpha
         out.append(avg / weight)
     return np.asarray(out)
+
+
+def save_png(fig: Any, path: str | Path, **savefig: Any) -> None:
+    """Writes matplotlib figure ``fig`` to ``path`` as a PNG, atomically, and closes it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
 
 
 def curve_styles(n: int) -> list[tuple[tuple[float, ...], str]]:
@@ -101,8 +112,5 @@ def plot_curves(
     # beside the axes, where it hides none of the curves' ends
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    save_png(fig, path, dpi=110, bbox_inches="tight")
     return Path(path)

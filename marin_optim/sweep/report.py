@@ -25,7 +25,7 @@ import numpy as np
 
 from marin_optim.speedrun import results as res
 from marin_optim.speedrun.config import SpeedrunConfig
-from marin_optim.speedrun.plots import Curve, plot_curves
+from marin_optim.speedrun.plots import Curve, plot_curves, save_png
 from marin_optim.sweep.grids import GROWING
 from marin_optim.sweep.search import Outcome, SweepSpec, sweep_definition
 from marin_optim.sweep.trials import TrialStore
@@ -222,17 +222,9 @@ def log_axis_at(ax: Any, xs: Sequence[float]) -> None:
 
 def plot_sensitivity(path: Path, label: str, curves: Mapping[str, list[tuple[Any, float]]]) -> None:
     """Writes :func:`sensitivity_figure` as a PNG (nothing when no field has a point)."""
-    import io
-
-    import matplotlib.pyplot as plt
-
     fig = sensitivity_figure(label, curves)
-    if fig is None:
-        return
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    res.write_atomic(path, buf.getvalue())
+    if fig is not None:
+        save_png(fig, path, dpi=100)
 
 
 def sensitivity_figure(label: str, curves: Mapping[str, list[tuple[Any, float]]]) -> Any:
