@@ -13,7 +13,9 @@ speedup needs (:mod:`marin_optim.sweep.report`).
 Every optimizer's search is a generator that yields the trials it needs next and receives their
 rows; the sweep runs the trials of all optimizers' next steps together, so ``--workers`` and Ray
 have a batch to share. A trial asked for again (the next round, a resumed sweep) is read from
-``trials.jsonl`` instead of being run (:class:`~marin_optim.sweep.trials.TrialStore`).
+``trials.jsonl`` instead of being run (:class:`~marin_optim.sweep.trials.TrialStore`); before
+they run, the log says which of an optimizer's next trials have to run and what for (``sweep:
+lion, round 2, beta1: 0.8, 0.95 (2 trials)``), so a resumed sweep shows where each search stands.
 """
 
 from __future__ import annotations
@@ -92,7 +94,11 @@ def changes_from_defaults(cfg: OptimizerConfig) -> dict[str, Any]:
     return {k: v for k, v in mine.items() if defaults.get(k) != v}
 
 
-Search = Generator[list[Trial], Mapping[str, dict[str, Any]], Outcome]
+Asked = tuple[str, list[tuple[str, Trial]]]
+"""The trials a search needs next: what for (``round 2, beta1``) and each with its own note (the
+value tried: ``0.95``, ``seed 1``, ``2x seed 0``), for the log."""
+Search = Generator[Asked, Mapping[str, dict[str, Any]], Outcome]
+"""Yields what it needs next (:data:`Asked`), receives ``{key: row}`` for those trials."""
 
 
 def descend(
@@ -102,17 +108,19 @@ def descend(
     seed: int,
     steps: int,
 ) -> Search:
-    """One optimizer's coordinate descent, then its seeds (module docstring). Yields lists of
-    trials and receives ``{key: row}`` for them; returns the :class:`Outcome`."""
+    """One optimizer's coordinate descent, then its seeds (module docstring), as a
+    :data:`Search`; returns the :class:`Outcome`."""
     current = spec.optimizers[label]
     grids = spec.grids[label]
 
-    def losses(cfgs: list[OptimizerConfig]) -> Generator[list[Trial], Mapping[str, Any], list[float]]:
+    def losses(
+        what: str, cfgs: list[OptimizerConfig], notes: list[str]
+    ) -> Generator[Asked, Mapping[str, Any], list[float]]:
         trials = [make(label, c, seed, steps) for c in cfgs]
-        rows = yield trials
+        rows = yield what, list(zip(notes, trials, strict=True))
         return [float(rows[t.key]["eval_loss"]) for t in trials]
 
-    (best_loss,) = yield from losses([current])
+    (best_loss,) = yield from losses("its start", [current], [f"seed {seed}"])
     path: list[dict[str, Any]] = []
     # a default grid grows while the best sits at its end (grids.beyond) and stays grown: a later
     # round tries its values around the current best again (and grows it on), rather than the
@@ -127,7 +135,9 @@ def descend(
                 here = getattr(current, name)
                 tried = values if given else near(name, values, here)
                 cands = [check_value(current, name, v, label) for v in tried if v != here]
-                for cfg, loss in zip(cands, (yield from losses(cands)), strict=True):
+                notes = [str(getattr(c, name)) for c in cands]
+                found = yield from losses(f"round {rnd}, {name}", cands, notes)
+                for cfg, loss in zip(cands, found, strict=True):
                     if loss < best_loss - spec.threshold:
                         current, best_loss, moved = cfg, loss, True
                         path.append(
@@ -150,11 +160,12 @@ def descend(
             break
     seeds = [seed + i for i in range(spec.seeds)]
     seed_trials = [make(label, current, s, steps) for s in seeds]
-    yield seed_trials
+    yield "its best", [(f"seed {t.seed}", t) for t in seed_trials]
     outcome = Outcome(label, current, changes_from_defaults(current), seed_trials, path=path)
     if label == spec.baseline:
         outcome.length_trials = {n: [make(label, current, s, steps * n) for s in seeds] for n in spec.lengths}
-        yield [t for ts in outcome.length_trials.values() for t in ts]
+        longer = [(f"{n}x seed {t.seed}", t) for n, ts in outcome.length_trials.items() for t in ts]
+        yield "its best at more steps", longer
     return outcome
 
 
@@ -247,11 +258,15 @@ def _search(
     pending = {label: next(search) for label, search in searches.items()}
     outcomes: dict[str, Outcome] = {}
     while pending:
-        run_all(runner, store, base_dict, [t for ts in pending.values() for t in ts], log)
+        for label, (what, asked) in pending.items():
+            if todo := {t.key: note for note, t in asked if t.key not in store.rows}:
+                n = len(todo)
+                log(f"sweep: {label}, {what}: {', '.join(todo.values())} ({n} trial{'s' * (n > 1)})")
+        run_all(runner, store, base_dict, [t for _, asked in pending.values() for _, t in asked], log)
         following = {}
-        for label, trials in pending.items():
+        for label, (_, asked) in pending.items():
             try:
-                following[label] = searches[label].send({t.key: store.rows[t.key] for t in trials})
+                following[label] = searches[label].send({t.key: store.rows[t.key] for _, t in asked})
             except StopIteration as stop:
                 outcomes[label] = stop.value
                 log(f"sweep: {label} tuned: {outcomes[label].changes or 'its defaults'}")

@@ -420,15 +420,30 @@ def test_resume_reuses_finished_trials_and_refuses_another_sweep(tmp_path):
     base = tiny_config(tmp_path / "unused")
     root = tmp_path / "sweep"
     first = Bowl(lr_star=2 * spec.optimizers["lion"].learning_rate)
-    store, outcomes = run_search(base, spec, root, first, log=lambda _: None)
+    said: list[str] = []
+    store, outcomes = run_search(base, spec, root, first, log=said.append)
     n = len(store.rows)
+    lion_lr = spec.optimizers["lion"].learning_rate
+    # before they run, the log says which of each search's next trials have to run, and what for
+    steps = [line for line in said if line.startswith("sweep: lion, ")]
+    grid = [v for v in spec.grids["lion"]["learning_rate"] if v != lion_lr]
+    assert steps[:2] == [
+        "sweep: lion, its start: seed 0 (1 trial)",
+        f"sweep: lion, round 1, learning_rate: {', '.join(map(str, grid))} ({len(grid)} trials)",
+    ]
+    assert steps[-1] == "sweep: lion, its best: seed 1 (1 trial)"  # seed 0's ran in the search
 
-    # a kill in the middle of writing the last row: that trial alone runs again
+    # a kill in the middle of writing the last row (the baseline's 2x run, seed 1): that trial
+    # alone runs again, and the log says which step of which search it belongs to
     lines = (root / "trials.jsonl").read_text().splitlines()
     (root / "trials.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:40])
     again = Bowl(lr_star=first.lr_star)
-    store2, outcomes2 = run_search(base, spec, root, again, log=lambda _: None)
+    said.clear()
+    store2, outcomes2 = run_search(base, spec, root, again, log=said.append)
     assert [t.key for t in again.ran] == [json.loads(lines[-1])["key"]]
+    assert [line for line in said if line.endswith("trial)")] == [
+        "sweep: adamw, its best at more steps: 2x seed 1 (1 trial)"
+    ]
     assert len(store2.rows) == n
     assert {k: o.best for k, o in outcomes2.items()} == {k: o.best for k, o in outcomes.items()}
 
