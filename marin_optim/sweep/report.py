@@ -130,6 +130,14 @@ def _value(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def ranked(summary: Mapping[str, Any]) -> list[str]:
+    """The optimizers of ``summary``, lowest mean final eval loss first (diverged ones last): the
+    order of ``sweep.md``'s table and of the loss curves' legend."""
+    return sorted(
+        summary, key=lambda k: (math.isnan(summary[k]["eval_loss"]["mean"]), summary[k]["eval_loss"]["mean"])
+    )
+
+
 def format_markdown(
     base: SpeedrunConfig, spec: SweepSpec, store: TrialStore, summary: Mapping[str, Any]
 ) -> str:
@@ -147,9 +155,7 @@ def format_markdown(
         f"speedup over tuned {spec.baseline or '-'} | trials (failed) |",
         "|---|---|---:|---:|---:|",
     ]
-    order = sorted(
-        summary, key=lambda k: (math.isnan(summary[k]["eval_loss"]["mean"]), summary[k]["eval_loss"]["mean"])
-    )
+    order = ranked(summary)
     for label in order:
         e = summary[label]
         settings = ", ".join(f"{k}={_value(v)}" for k, v in e["changes"].items()) or "defaults"
@@ -295,7 +301,7 @@ def write_report(
         tuned = base.replace(optimizer=o.best, output_dir=None, resume=False)
         res.write_atomic(root / "best" / f"{label}.yaml", tuned.to_yaml())
         plot_sensitivity(root / f"sensitivity-{label}.png", label, sensitivity(spec, store, o, seed, steps))
-    curves = tuned_curves(store, outcomes, log)
+    curves = tuned_curves(store, {label: outcomes[label] for label in ranked(summary)}, log)
     if curves:
         plot_curves(
             root / "curves.png",

@@ -271,7 +271,7 @@ def _search(
                 outcomes[label] = stop.value
                 log(f"sweep: {label} tuned: {outcomes[label].changes or 'its defaults'}")
         pending = following
-    return store, outcomes
+    return store, {label: outcomes[label] for label in spec.optimizers}  # the command's order
 
 
 def optimizer_specs(

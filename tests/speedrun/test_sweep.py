@@ -415,6 +415,35 @@ def test_loss_curves_come_from_the_first_seed_whose_run_directory_is_still_there
     assert {k: c.eval_loss for k, c in tuned_curves(store, outcomes, said.append).items()} == {"lion": [6.5]}
 
 
+class AdamWBehind(Bowl):
+    """:class:`Bowl` with AdamW's every loss 0.5 higher."""
+
+    def loss(self, opt: dict[str, Any], seed: int, steps: int, base_steps: int) -> float:
+        return super().loss(opt, seed, steps, base_steps) + 0.5 * (opt["type"] == "adamw")
+
+
+def test_outcomes_keep_the_commands_order_and_the_curves_the_tables(tmp_path, monkeypatch):
+    # AdamW, first on the command line, finishes last (its longer runs); and ends behind lion
+    spec = make_spec(["adamw", "lion"], fields=["learning_rate"], seeds=1, lengths=(1, 2), max_rounds=1)
+    base = tiny_config(tmp_path / "unused")
+    said: list[str] = []
+    store, outcomes = run_search(base, spec, tmp_path / "sweep", AdamWBehind(lr_star=1e-3), log=said.append)
+    tuned = [line.split()[1] for line in said if line.endswith(("tuned: its defaults", "}"))]
+    assert tuned == ["lion", "adamw"] and list(outcomes) == ["adamw", "lion"]
+    for o in outcomes.values():
+        run = Path(store.rows[o.seed_trials[0].key]["run_dir"])
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 3.0}) + "\n")
+    from marin_optim.sweep import report
+
+    legend: list[str] = []
+    monkeypatch.setattr(report, "plot_curves", lambda path, curves, title: legend.extend(curves))
+    summary = report.write_report(tmp_path / "sweep", base, spec, store, outcomes, log=said.append)
+    assert list(summary) == ["adamw", "lion"] and legend == ["lion", "adamw"] == report.ranked(summary)
+    table = (tmp_path / "sweep" / "sweep.md").read_text().split("## ")[0]
+    assert table.index("| lion |") < table.index("| adamw |")
+
+
 def test_resume_reuses_finished_trials_and_refuses_another_sweep(tmp_path):
     spec = bowl_spec(seeds=2, lengths=(1, 2))
     base = tiny_config(tmp_path / "unused")
