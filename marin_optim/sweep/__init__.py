@@ -88,12 +88,17 @@ def run_sweep(
     tasks of ``ray_cpus`` CPUs and ``ray_gpus`` GPUs each."""
     root = Path(output_dir)
     runner: Runner = RayRunner(ray, ray_cpus, ray_gpus) if ray else LocalRunner(workers)
+    summary: dict[str, Any] = {}
+
+    def report(store: TrialStore, outcomes: dict[str, Outcome]) -> None:
+        runner.close()  # its workers are done: the report has the CPUs
+        summary.update(write_report(root, base, spec, store, outcomes, log))
+        log(f"sweep: wrote {root / 'sweep.md'}, {root / 'sweep.json'}, {root / 'best'}/*.yaml and plots")
+
     try:
-        store, outcomes = run_search(base, spec, root, runner, log=log, force=force)
+        run_search(base, spec, root, runner, log=log, force=force, report=report)
     finally:
         runner.close()
-    summary = write_report(root, base, spec, store, outcomes, log)
-    log(f"sweep: wrote {root / 'sweep.md'}, {root / 'sweep.json'}, {root / 'best'}/*.yaml and plots")
     return summary
 
 

@@ -87,8 +87,8 @@ def _neighbours(value: float, ladder: Sequence[float]) -> tuple[float, ...]:
 def default_grid(cfg: OptimizerConfig, field: str) -> tuple[Any, ...]:
     """The values tried for ``field`` when no ``--grid`` names it (module docstring)."""
     value = getattr(cfg, field)
-    if field in GROWING:
-        return tuple(significant(value * 2.0**k) for k in range(-OCTAVES, OCTAVES + 1))
+    if field in GROWING:  # centred on the value itself, however many digits it has
+        return tuple(value if k == 0 else significant(value * 2.0**k) for k in range(-OCTAVES, OCTAVES + 1))
     if field == "warmup":  # its neighbours too, when it starts off the default grid (--start)
         return tuple(sorted({*WARMUPS, *_neighbours(value, LADDERS["warmup"])}))
     if field == "weight_decay":
@@ -203,6 +203,12 @@ def resolve_grids(
         for field in order:
             if field in mine:
                 grids[field] = mine[field]
+            elif field == "warmup" and is_int(cfg.warmup) and cfg.warmup != 0:
+                raise ConfigError(
+                    f"--fields warmup: {label}'s warmup is {cfg.warmup} steps (an int), and its default "
+                    f"grid is in fractions of the run ({', '.join(map(str, WARMUPS))}); start from a "
+                    f"fraction (--optimizer.warmup 0.05) or give the values with --grid {label}.warmup=..."
+                )
             elif field in SWEPT_FIELDS and isinstance(getattr(cfg, field), (int, float)):
                 grids[field] = default_grid(cfg, field)
             else:

@@ -27,10 +27,10 @@ from marin_optim.speedrun import results as res
 from marin_optim.speedrun.config import SpeedrunConfig
 from marin_optim.speedrun.plots import Curve, plot_curves, save_png
 from marin_optim.sweep.grids import GROWING
-from marin_optim.sweep.search import Outcome, SweepSpec, sweep_definition
-from marin_optim.sweep.trials import TrialStore
+from marin_optim.sweep.search import Outcome, SweepSpec, base_identity, sweep_definition
+from marin_optim.sweep.trials import TrialStore, stable_hash
 
-METHOD = "AdamW's final eval loss at {lengths} times the steps, interpolated linearly in log(steps)"
+METHOD = "{baseline}'s final eval loss at {lengths} times the steps, interpolated linearly in log(steps)"
 
 
 def steps_to_reach(steps: Sequence[int], losses: Sequence[float], target: float) -> tuple[float, str]:
@@ -93,30 +93,42 @@ def summarize(spec: SweepSpec, store: TrialStore, outcomes: Mapping[str, Outcome
                 steps, bound = steps_to_reach(lengths, base_losses, losses[i])
                 values.append(steps)
                 bounds.append(bound)
-            mean, std = mean_std(values)
-            bound = next((b for b in bounds if b), "")
+            # a bound is not a measurement: no mean over seeds where any is one
+            mean, std = mean_std(values) if not any(bounds) else (math.nan, math.nan)
             entry["speedup"] = {
                 "mean": mean,
                 "std": std,
                 "values": values,
-                "bound": bound,
-                "method": METHOD.format(lengths=", ".join(map(str, spec.lengths))),
+                "bounds": bounds,
+                "seeds": [t.seed for t in o.seed_trials],
+                "bound": bounds[0] if len(set(bounds)) == 1 else "mixed",
+                "method": method(spec),
             }
         out[label] = entry
     return out
 
 
+def method(spec: SweepSpec) -> str:
+    """How the speedup is measured, in words (:data:`METHOD`)."""
+    return METHOD.format(baseline=spec.baseline, lengths=", ".join(map(str, spec.lengths)))
+
+
 def _speedup_text(entry: Mapping[str, Any], lengths: Sequence[int]) -> str:
+    """``mean ± std`` over the seeds; ``< 1`` or ``> 4`` (the lengths' ends) where every seed is
+    beyond one; each seed's value where only some are (``1.07, < 1 (seeds 0, 1)``)."""
     s = entry.get("speedup")
     if s is None:
         return "-"
-    if s["bound"] == "<":
-        return f"< {lengths[0]}"
-    if s["bound"] == ">":
-        return f"> {lengths[-1]}"
-    if s["bound"]:
-        return s["bound"]
-    return f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+    def one(value: float, bound: str) -> str:
+        return {"<": f"< {lengths[0]}", ">": f"> {lengths[-1]}", "": f"{value:.2f}"}.get(bound, bound)
+
+    if not any(s["bounds"]):
+        return f"{s['mean']:.2f} ± {s['std']:.2f}"
+    if s["bound"] != "mixed":
+        return one(s["values"][0], s["bound"])
+    each = ", ".join(one(v, b) for v, b in zip(s["values"], s["bounds"], strict=True))
+    return f"{each} (seeds {', '.join(map(str, s['seeds']))})"
 
 
 def machine() -> str:
@@ -171,9 +183,7 @@ def format_markdown(
     if spec.baseline:
         lines += [
             "",
-            "Speedup: "
-            + METHOD.format(lengths=", ".join(map(str, spec.lengths)))
-            + "; seed i against seed i.",
+            f"Speedup: {method(spec)}; seed i against seed i.",
         ]
     lines += ["", "Each tuned config reruns with `marin-optim speedrun --config_path best/<optimizer>.yaml`."]
     for label in order:
@@ -294,7 +304,8 @@ def write_report(
     outcomes: Mapping[str, Outcome],
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Writes every output file (each atomically); returns the summary."""
+    """Writes every output file (each atomically) from the trials on ``base``; returns the summary."""
+    store = store.on_base(stable_hash(base_identity(base)))
     summary = summarize(spec, store, outcomes)
     seed, steps = base.train.seed, base.train.num_train_steps
     for label, o in outcomes.items():

@@ -137,12 +137,14 @@ def descend(
                 cands = [check_value(current, name, v, label) for v in tried if v != here]
                 notes = [str(getattr(c, name)) for c in cands]
                 found = yield from losses(f"round {rnd}, {name}", cands, notes)
-                for cfg, loss in zip(cands, found, strict=True):
-                    if loss < best_loss - spec.threshold:
-                        current, best_loss, moved = cfg, loss, True
-                        path.append(
-                            {"round": rnd, "field": name, "value": getattr(cfg, name), "eval_loss": loss}
-                        )
+                # the best of them (the first of equals), if it beats the current by the threshold:
+                # not the first that does, which a later, better value could not then replace
+                if found and min(found) < best_loss - spec.threshold:
+                    best_loss = min(found)
+                    current, moved = cands[found.index(best_loss)], True
+                    path.append(
+                        {"round": rnd, "field": name, "value": getattr(current, name), "eval_loss": best_loss}
+                    )
                 if given:
                     break
                 here = getattr(current, name)
@@ -223,13 +225,18 @@ def run_search(
     runner: Runner,
     log: Callable[[str], None] = print,
     force: bool = False,
+    report: Callable[[TrialStore, dict[str, Outcome]], Any] | None = None,
 ) -> tuple[TrialStore, dict[str, Outcome]]:
-    """Every optimizer's search, run together; returns the trials and the outcomes. The sweep
-    directory is :func:`~marin_optim.sweep.trials.held` meanwhile: a second sweep there is
-    refused."""
+    """Every optimizer's search, run together, then ``report(trials, outcomes)`` (the files a
+    sweep writes); returns the trials and the outcomes. The sweep directory is
+    :func:`~marin_optim.sweep.trials.held` meanwhile: a second sweep there is refused, and cannot
+    write over the report while it is written."""
     root.mkdir(parents=True, exist_ok=True)
     with held(root / LOCK, busy=f"sweep: another sweep is running in {root}; wait for it or stop it"):
-        return _search(base, spec, root, runner, log, force)
+        store, outcomes = _search(base, spec, root, runner, log, force)
+        if report is not None:
+            report(store, outcomes)
+        return store, outcomes
 
 
 def _search(
@@ -243,12 +250,16 @@ def _search(
     definition = sweep_definition(base, spec)
     claim_directory(root, definition, force)
     store = TrialStore(root)
+    base_dict = base.to_dict()
+    base_hash = stable_hash(definition["base"])
     for label, origin in spec.origins.items():
         log(f"sweep: {label} starts from {origin}")
     if store.rows:
-        log(f"sweep: {len(store.rows)} finished trials in {store.path} are reused")
-    base_dict = base.to_dict()
-    base_hash = stable_hash(definition["base"])
+        mine, total = len(store.on_base(base_hash).rows), len(store.rows)
+        if mine == total:
+            log(f"sweep: {total} finished trials in {store.path} are reused")
+        else:  # --force on another base: the others' rows stay, out of this sweep's report
+            log(f"sweep: {mine} of the {total} finished trials in {store.path} are on this base and reused")
 
     def make(label: str, cfg: OptimizerConfig, seed: int, steps: int) -> Trial:
         return Trial(label, cfg.to_dict(), seed, steps, base_hash, changes_from_defaults(cfg))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import hashlib
@@ -128,6 +129,8 @@ def run_trial(base: dict[str, Any], trial: Trial, run_dir: str) -> dict[str, Any
             info = run_speedrun(cfg, log=lambda msg: print(msg, file=log, flush=True)).run_info
         except NonFiniteError as e:
             return {**row, "status": "failed", "reason": str(e).split(";")[0], "eval_loss": math.inf}
+    if not math.isfinite(info["eval_loss"]):  # the guard watches training; a NaN evaluation loses too
+        return {**row, "status": "failed", "reason": f"eval loss {info['eval_loss']}", "eval_loss": math.inf}
     return {
         **row,
         "status": "ok",
@@ -153,6 +156,18 @@ class TrialStore:
                 if isinstance(row, dict) and "key" in row:
                     row["eval_loss"] = float(row["eval_loss"])  # "inf" as JSON writes it
                     self.rows.setdefault(row["key"], row)
+
+    def on_base(self, base_hash: str) -> TrialStore:
+        """These rows, only those of trials on the base config named ``base_hash`` (a row's key
+        hashes its base: :class:`Trial`): a directory whose sweep was replaced with ``--force``
+        on another base keeps the first one's rows too."""
+        view = copy.copy(self)
+        view.rows = {
+            key: row
+            for key, row in self.rows.items()
+            if Trial(row["label"], row["optimizer"], row["seed"], row["steps"], base_hash).key == key
+        }
+        return view
 
     def run_dir(self, trial: Trial) -> str:
         return str(self.root / "trials" / trial.key)

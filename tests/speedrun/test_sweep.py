@@ -56,6 +56,10 @@ def test_default_grids_follow_the_defaults():
     assert list(kron) == ["learning_rate", "warmup", "weight_decay", "beta1", "preconditioner_lr"]
     assert kron["preconditioner_lr"] == (0.025, 0.05, 0.1, 0.2, 0.4)
     assert beyond("preconditioner_lr", kron["preconditioner_lr"], "high") == 0.8
+    # a doubling grid centres on the value as given, so the start is not run again rounded
+    odd = OptimizerConfig.from_dict({"type": "adamw", "learning_rate": 0.00123456})
+    assert default_grid(odd, "learning_rate") == (0.000309, 0.000617, 0.00123456, 0.00247, 0.00494)
+    assert make_spec(["adamw"], fields=["warmup"], shared={"warmup": 0}).grids["adamw"]["warmup"] == WARMUPS
 
 
 @pytest.mark.parametrize(
@@ -71,6 +75,11 @@ def test_default_grids_follow_the_defaults():
         ({"seeds": 0}, "--seeds=0"),
         ({"lengths": [2, 4]}, "--lengths=2,4"),
         ({"threshold": -1.0}, "--threshold=-1.0"),
+        # 100 steps of warmup has no place on a grid of fractions of the run
+        (
+            {"shared": {"warmup": 100}},
+            r"--fields warmup: adamw's warmup is 100 steps .*--grid adamw\.warmup=",
+        ),
     ],
 )
 def test_bad_sweeps_are_refused_before_any_trial(kwargs, match):
@@ -224,7 +233,10 @@ def test_descent_finds_the_optimum_growing_the_learning_rate_grid(tmp_path):
     assert lion.best.weight_decay == spec.optimizers["lion"].weight_decay  # gains below the threshold
     tried = {t.optimizer["learning_rate"] for t in runner.ran if t.label == "lion"}
     assert significant(32 * lion_lr) in tried and significant(64 * lion_lr) not in tried
-    assert [p["field"] for p in lion.path][:4] == ["learning_rate"] * 4
+    # each step moves once, to its best: 4x (the default grid's end), then each value it grows to
+    assert [(p["field"], p["value"]) for p in lion.path][:3] == [
+        ("learning_rate", significant(k * lion_lr)) for k in (4, 8, 16)
+    ]
     assert outcomes["adamw"].best.learning_rate == significant(runner.lr_star / lion_lr * adamw_lr)
     assert len(runner.ran) == len(store.rows) == len({t.key for t in runner.ran})  # each trial once
     assert [t.seed for t in lion.seed_trials] == [base.train.seed, base.train.seed + 1]
@@ -260,6 +272,33 @@ def test_a_later_round_tries_the_grown_grid_around_the_best(tmp_path):
     # round 2 tries the grown grid near the best (within 4x of 16x), not all it grew through
     lion_runs = [t.optimizer for t in runner.ran if t.label == "lion"]
     assert min(o["learning_rate"] for o in lion_runs if o["beta1"] == 0.95) == significant(4 * lion_lr)
+
+
+class Table(Bowl):
+    """:class:`Bowl` whose loss is read from ``losses`` by learning rate (``default`` elsewhere)."""
+
+    def __init__(self, losses: dict[float, float], default: float):
+        super().__init__(lr_star=1.0)
+        self.losses, self.default = losses, default
+
+    def loss(self, opt: dict[str, Any], seed: int, steps: int, base_steps: int) -> float:
+        return self.losses.get(opt["learning_rate"], self.default)
+
+
+def test_a_step_moves_to_the_best_value_not_the_first_that_beats_the_threshold(tmp_path):
+    # 2x and 4x both beat the start by more than the threshold (0.005); 4x is the best, though
+    # not by the threshold over 2x. The search moves to 4x, the grid's end, so the grid grows.
+    spec = make_spec(["lion"], fields=["learning_rate"], seeds=1, lengths=(1, 2), baseline=None)
+    lr = spec.optimizers["lion"].learning_rate
+    runner = Table({lr: 3.0, significant(2 * lr): 2.990, significant(4 * lr): 2.987}, default=3.05)
+    base = tiny_config(tmp_path / "unused")
+    _, outcomes = run_search(base, spec, tmp_path / "sweep", runner, log=lambda _: None)
+    lion = outcomes["lion"]
+    assert lion.best.learning_rate == significant(4 * lr)
+    assert lion.path == [
+        {"round": 1, "field": "learning_rate", "value": significant(4 * lr), "eval_loss": 2.987}
+    ]
+    assert significant(8 * lr) in {t.optimizer["learning_rate"] for t in runner.ran}
 
 
 def test_a_given_grid_is_tried_whole_and_never_grows(tmp_path):
@@ -444,6 +483,52 @@ def test_outcomes_keep_the_commands_order_and_the_curves_the_tables(tmp_path, mo
     assert table.index("| lion |") < table.index("| adamw |")
 
 
+class SeedsApart(Bowl):
+    """AdamW: 3.0 at the run's steps, 0.3 lower per doubling; lion: 2.85 with its first seed (AdamW's
+    loss at sqrt(2) times the steps), 3.2 with its second (above AdamW's at 1x); no field matters."""
+
+    def loss(self, opt: dict[str, Any], seed: int, steps: int, base_steps: int) -> float:
+        if opt["type"] == "adamw":
+            return 3.0 - 0.3 * math.log2(steps / base_steps)
+        return 2.85 if seed == 0 else 3.2
+
+
+def test_a_speedup_beyond_the_lengths_for_some_seeds_is_given_per_seed(tmp_path):
+    spec = make_spec(["lion"], fields=["learning_rate"], seeds=2, lengths=(1, 2), max_rounds=1)
+    base = tiny_config(tmp_path / "unused", "--train.seed", "0")
+    store, outcomes = run_search(base, spec, tmp_path / "sweep", SeedsApart(lr_star=1.0), log=lambda _: None)
+    from marin_optim.sweep.report import write_report
+
+    speedup = write_report(tmp_path / "sweep", base, spec, store, outcomes)["lion"]["speedup"]
+    assert speedup["values"] == [pytest.approx(math.sqrt(2)), 1.0] and speedup["bounds"] == ["", "<"]
+    assert speedup["bound"] == "mixed" and math.isnan(speedup["mean"])  # no mean over a bound
+    text = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "| 1.41, < 1 (seeds 0, 1) |" in text
+    assert "Speedup: adamw's final eval loss at 1, 2 times the steps" in text
+
+
+def test_a_report_after_force_on_another_base_leaves_the_first_bases_trials_out(tmp_path):
+    spec = bowl_spec(seeds=1, lengths=(1, 2), max_rounds=1)
+    root = tmp_path / "sweep"
+    first, _ = run_search(
+        tiny_config(tmp_path / "unused"), spec, root, Bowl(lr_star=1e-3), log=lambda _: None
+    )
+    wider = tiny_config(tmp_path / "unused", "--model.hidden_dim", "64")
+    runner, said = Bowl(lr_star=1e-3), []
+    store, outcomes = run_search(wider, spec, root, runner, log=said.append, force=True)
+    n = len(first.rows)
+    assert (
+        f"sweep: 0 of the {n} finished trials in {root / 'trials.jsonl'} are on this base and reused" in said
+    )
+    from marin_optim.sweep.report import write_report
+
+    summary = write_report(root, wider, spec, store, outcomes)
+    assert len(store.rows) == len(first.rows) + len(runner.ran)  # nothing lost
+    assert summary["lion"]["trials"] == sum(t.label == "lion" for t in runner.ran)
+    reported = json.loads((root / "sweep.json").read_text())["trials"]
+    assert sorted(r["key"] for r in reported) == sorted(t.key for t in runner.ran)
+
+
 def test_resume_reuses_finished_trials_and_refuses_another_sweep(tmp_path):
     spec = bowl_spec(seeds=2, lengths=(1, 2))
     base = tiny_config(tmp_path / "unused")
@@ -502,8 +587,14 @@ def test_a_second_sweep_in_a_directory_a_sweep_is_running_in_is_refused(tmp_path
                 run_search(base, spec, root, Bowl(lr_star=lr_star), log=lambda _: None)
             yield from super().run(given, trials)
 
-    first = Intruder(lr_star=lr_star)
-    store, _ = run_search(base, spec, root, first, log=lambda _: None)
+    def intrude(store: TrialStore, outcomes: dict[str, Any]) -> None:  # and while its report is written
+        with pytest.raises(ConfigError, match=f"another sweep is running in {root}"):
+            run_search(base, spec, root, Bowl(lr_star=lr_star), log=lambda _: None, force=True)
+        reported.append(len(store.rows))
+
+    first, reported = Intruder(lr_star=lr_star), []
+    store, _ = run_search(base, spec, root, first, log=lambda _: None, report=intrude)
+    assert reported == [len(store.rows)]
     again = Bowl(lr_star=lr_star)  # the first one has finished: the directory is free again
     store2, _ = run_search(base, spec, root, again, log=lambda _: None)
     assert not again.ran and store2.rows == store.rows
@@ -685,6 +776,18 @@ def test_a_diverging_trial_is_a_failed_trial_not_an_error(tmp_path):
     store = TrialStore(tmp_path)
     store.add(row)
     assert TrialStore(tmp_path).rows[trial.key]["eval_loss"] == math.inf  # survives JSON
+
+
+def test_a_trial_whose_evaluation_is_not_finite_failed(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from marin_optim.speedrun import trainer
+
+    info = {"eval_loss": math.nan, "eval_bpb": math.nan, "training_time": 1.0}
+    monkeypatch.setattr(trainer, "run_speedrun", lambda cfg, log: SimpleNamespace(run_info=info))
+    trial = Trial("adamw", OptimizerConfig.from_dict({"type": "adamw"}).to_dict(), 0, 12, "base")
+    row = run_trial(tiny_config(tmp_path / "unused").to_dict(), trial, str(tmp_path / "trial"))
+    assert (row["status"], row["reason"], row["eval_loss"]) == ("failed", "eval loss nan", math.inf)
 
 
 def trial_cpus(run_dir: str) -> tuple[int, set[int]]:
