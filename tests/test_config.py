@@ -48,6 +48,10 @@ from marin_optim.cli.parsing import check_keys
         ({"schedule_units": "tokens"}, "schedule_units", "tokens_per_step"),
         ({"weight_decay_modules": "(["}, "weight_decay_modules", "regular expression"),
         ({"min_lr": 1.0}, "min_lr", "learning_rate"),
+        ({"warmup_init_lr": 1.0}, "warmup_init_lr", "must be <= learning_rate"),
+        ({"weight_decay_end": 0.0}, "weight_decay_end", "weight_decay_schedule='constant' keeps"),
+        ({"cycles": (0,)}, "cycles", "ints >= 1"),
+        ({"cycle_length": (10, 0)}, "cycle_length", "ints >= 1"),
     ],
 )
 def test_bad_values_name_the_field_value_and_rule(kwargs, field, allowed):

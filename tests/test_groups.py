@@ -107,6 +107,35 @@ def test_bad_overrides_fail_at_construction(override, expected):
     assert expected in str(e.value)
 
 
+def test_a_group_scales_the_base_schedules_it_does_not_set():
+    from marin_optim.config.groups import parameter_groups
+
+    def group(**base: object) -> AdamConfig:
+        override = base.pop("group")
+        return parameter_groups(AdamConfig(learning_rate=1e-3, **base, group_overrides=[override]))[0].config
+
+    # weight decay 0 switches a moving decay off; a half decay moves to half the end
+    moving = {"weight_decay": 0.1, "weight_decay_end": 0.02, "weight_decay_schedule": "cosine"}
+    off = group(**moving, group={"params": ["x"], "weight_decay": 0.0})
+    assert (off.weight_decay, off.weight_decay_end, off.uses_weight_decay) == (0.0, 0.0, False)
+    assert group(**moving, group={"params": ["x"], "weight_decay": 0.05}).weight_decay_end == pytest.approx(
+        0.01
+    )
+    assert (
+        group(**moving, group={"params": ["x"], "weight_decay_schedule": "constant"}).weight_decay_end is None
+    )
+    with pytest.raises(
+        ConfigError, match=r"group_overrides\[0\]\.weight_decay=0\.1: .*give the group's weight_decay_end"
+    ):
+        AdamConfig(weight_decay=0.0, weight_decay_end=0.1, weight_decay_schedule="linear",
+                   group_overrides=[{"params": ["x"], "weight_decay": 0.1}])  # fmt: skip
+    # the learning rate's absolute start and floor follow the group's peak; its own ratio wins
+    scaled = group(warmup_init_lr=1e-4, min_lr=1e-5, group={"params": ["x"], "lr_multiplier": 0.1})
+    assert (scaled.warmup_init_lr, scaled.min_lr) == (pytest.approx(1e-5), pytest.approx(1e-6))
+    ratio = group(min_lr=1e-5, group={"params": ["x"], "min_lr_ratio": 0.0})
+    assert ratio.min_lr is None and float(ratio.lr_scheduler(100)(100)) == 0.0
+
+
 def test_groups_on_a_haliax_module_by_path_and_class_name():
     Embed, Out = hax.Axis("embed", 4), hax.Axis("out", 3)
     model = {

@@ -39,6 +39,24 @@ def test_a_different_optimizer_type_needs_an_explicit_reset():
     assert isinstance(resolved, LionConfig) and reset
 
 
+def test_strict_tells_a_duration_in_steps_from_one_in_fractions():
+    # warmup 1 is one step, 1.0 the whole run: equal as Python numbers, not as configs
+    with pytest.raises(ConfigError, match=r"warmup \(checkpoint 1, config 1\.0\)"):
+        resolve_resume(AdamConfig(warmup=1), AdamConfig(warmup=1.0))
+    with pytest.raises(ConfigError, match="decay"):
+        resolve_resume(AdamConfig(decay=0.5), AdamConfig(decay=1))
+    assert resolve_resume(AdamConfig(warmup=0), AdamConfig(warmup=0.0))[1] is False  # none either way
+
+
+def test_a_reset_state_still_takes_its_values_as_the_mode_says():
+    saved, current = AdamConfig(learning_rate=1e-3), AdamConfig(learning_rate=3e-3)
+    with pytest.raises(ConfigError, match="learning_rate"):
+        resolve_resume(saved, current, "strict", reset_optimizer_state=True)
+    assert resolve_resume(saved, current, "checkpoint", reset_optimizer_state=True) == (saved, True)
+    assert resolve_resume(saved, current, "override", reset_optimizer_state=True) == (current, True)
+    assert resolve_resume(saved, saved, "strict", reset_optimizer_state=True) == (saved, True)
+
+
 def test_bad_mode_and_bad_fixed_field():
     with pytest.raises(ConfigError, match="optimizer_resume"):
         resolve_resume(AdamConfig(), AdamConfig(), "latest")  # type: ignore[arg-type]

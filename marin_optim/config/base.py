@@ -33,6 +33,7 @@ from marin_optim.schedules import (
     parse_schedule,
     weight_decay_schedule,
 )
+from marin_optim.schedules.parse import check_weight_decay
 from marin_optim.transforms.single_pass import OnePassRule
 from marin_optim.validation import (
     Duration,
@@ -200,27 +201,22 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
         in ``[0, 1)`` and epsilons non-negative, in any subclass, including users' own.
         """
         check_positive(self, "learning_rate")
-        check_range(self, "weight_decay", 0.0)
-        check_range(self, "weight_decay_end", 0.0, allow_none=True)
+        check_weight_decay(self)
         check_range(self, "min_lr_ratio", 0.0, 1.0)
         check_range(self, "min_lr", 0.0, allow_none=True)
-        if self.min_lr is not None and self.min_lr > self.learning_rate:
-            raise ConfigError(
-                f"{where_of(self, 'min_lr')}={self.min_lr!r}: must be <= learning_rate={self.learning_rate!r}"
-            )
         check_range(self, "warmup_init_lr", 0.0)
+        for name in ("min_lr", "warmup_init_lr"):  # the schedule's floor and start, below its peak
+            value = getattr(self, name)
+            if value is not None and value > self.learning_rate:
+                raise ConfigError(
+                    f"{where_of(self, name)}={value!r}: must be <= learning_rate={self.learning_rate!r}"
+                )
         check_duration(self, "warmup")
         check_duration(self, "decay", allow_none=True)
         check_duration(self, "rewarmup")
         check_range(self, "max_grad_norm", 0.0, allow_none=True)
         _check_levanter_deprecated(self)
         check_choice(self, "schedule_units", ("steps", "tokens"))
-        check_choice(self, "weight_decay_schedule", ("constant", "linear", "cosine"))
-        if self.weight_decay_schedule != "constant" and self.weight_decay_end is None:
-            raise ConfigError(
-                f"{where_of(self, 'weight_decay_schedule')}={self.weight_decay_schedule!r}: "
-                "needs weight_decay_end (the value to reach at the end of the run)"
-            )
         if self.schedule_units == "tokens":
             if self.tokens_per_step is None:
                 raise ConfigError(f"{where_of(self, 'schedule_units')}='tokens': needs tokens_per_step")
@@ -468,14 +464,14 @@ def _check_cycles(cfg: OptimizerConfig) -> None:
     if isinstance(cfg.cycles, int) and not isinstance(cfg.cycles, bool):
         if cfg.cycles < 1:
             raise ConfigError(f"{where_of(cfg, 'cycles')}={cfg.cycles!r}: must be >= 1")
-    elif isinstance(cfg.cycles, list):
+    elif isinstance(cfg.cycles, (list, tuple)):  # a tuple from Python, as a list from YAML
         if not cfg.cycles or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in cfg.cycles):
             raise ConfigError(
                 f"{where_of(cfg, 'cycles')}={cfg.cycles!r}: a list of cycle end steps must hold ints >= 1"
             )
         if any(b <= a for a, b in zip(cfg.cycles, cfg.cycles[1:], strict=False)):
             raise ConfigError(f"{where_of(cfg, 'cycles')}={cfg.cycles!r}: cycle end steps must increase")
-    if isinstance(cfg.cycle_length, list):
+    if isinstance(cfg.cycle_length, (list, tuple)):
         if not cfg.cycle_length or any(
             not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in cfg.cycle_length
         ):

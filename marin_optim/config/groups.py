@@ -124,17 +124,46 @@ def parameter_groups(cfg: OptimizerConfig) -> list[ParameterGroup]:
             if key not in fields:
                 allowed = sorted((fields - GLOBAL_FIELDS) | {"params", "name", "lr_multiplier"})
                 raise ConfigError(f"{where}.{key}: unknown field{did_you_mean(key, allowed)}")
-        if "learning_rate" in opts and not is_finite_real(opts["learning_rate"]):
-            raise ConfigError(f"{where}.learning_rate={opts['learning_rate']!r}: expected a number")
+        for key in ("learning_rate", "weight_decay"):
+            if key in opts and not is_finite_real(opts[key]):
+                raise ConfigError(f"{where}.{key}={opts[key]!r}: expected a number")
         opts["learning_rate"] = opts.get("learning_rate", cfg.learning_rate) * multiplier
-        if cfg.min_lr is not None and "min_lr" not in opts:
-            opts["min_lr"] = cfg.min_lr * opts["learning_rate"] / cfg.learning_rate
+        opts.update(_scaled_with_the_group(cfg, opts, where))
         try:
             config = dataclasses.replace(cfg, group_overrides=None, **opts)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
         groups.append(ParameterGroup(name, tuple(patterns), config))
     return groups
+
+
+def _scaled_with_the_group(cfg: OptimizerConfig, opts: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The base's schedules, scaled to a group's peaks where the group does not set them: the
+    learning rate's absolute floor and start (``min_lr``, ``warmup_init_lr``) by the group's
+    learning rate over the base's, as :meth:`OptimizerConfig.lr_scheduler` scales them; the
+    weight decay's end by the group's weight decay over the base's (``weight_decay: 0`` switches
+    a moving decay off). A group's ``min_lr_ratio`` replaces the base's absolute floor."""
+    out: dict[str, Any] = {}
+    lr_ratio = opts["learning_rate"] / cfg.learning_rate
+    if "min_lr" not in opts and cfg.min_lr is not None:
+        out["min_lr"] = None if "min_lr_ratio" in opts else cfg.min_lr * lr_ratio
+    if "warmup_init_lr" not in opts and cfg.warmup_init_lr:
+        out["warmup_init_lr"] = cfg.warmup_init_lr * lr_ratio
+    moving = opts.get("weight_decay_schedule", cfg.weight_decay_schedule) != "constant"
+    if "weight_decay_end" not in opts and cfg.weight_decay_end is not None and not moving:
+        out["weight_decay_end"] = None  # a constant decay has no other end
+    elif "weight_decay" in opts and "weight_decay_end" not in opts and cfg.weight_decay_end is not None:
+        if cfg.weight_decay > 0:
+            out["weight_decay_end"] = cfg.weight_decay_end * opts["weight_decay"] / cfg.weight_decay
+        elif opts["weight_decay"] == 0:
+            out["weight_decay_end"] = 0.0
+        else:
+            raise ConfigError(
+                f"{where}.weight_decay={opts['weight_decay']!r}: the base's weight decay moves from 0 to "
+                f"weight_decay_end={cfg.weight_decay_end!r}, which no ratio scales; give the group's "
+                "weight_decay_end too"
+            )
+    return out
 
 
 def describe_params(cfg: OptimizerConfig, params: Any) -> list[tuple[str, str, bool]]:

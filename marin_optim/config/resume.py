@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from marin_optim.errors import ConfigError
+from marin_optim.validation import is_int, is_real
 
 if TYPE_CHECKING:
     from marin_optim.config.base import OptimizerConfig
@@ -35,9 +36,17 @@ def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = ()) -> dic
     for key in sorted(set(a) | set(b)):
         if any(key == f or key.startswith(f + ".") for f in ignore):
             continue
-        if a.get(key, UNSET) != b.get(key, UNSET):
+        if not _same(a.get(key, UNSET), b.get(key, UNSET)):
             out[key] = (a.get(key, UNSET), b.get(key, UNSET))
     return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and an int is not the same as a float unless both are 0: a duration's int is steps
+    and its float a fraction of the run (``warmup: 1`` is one step, ``warmup: 1.0`` all of them)."""
+    if is_real(a) and is_real(b) and is_int(a) != is_int(b):
+        return a == b == 0
+    return a == b
 
 
 def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -62,8 +71,9 @@ def resolve_resume(
     checkpoint's, except ``current.fixed_fields`` (OLMo-core), which are never taken from a
     checkpoint; ``strict`` (the default) requires them to be equal and otherwise fails naming
     every differing field. The step count always comes from the checkpoint (the trainer's job).
-    A different optimizer type fails unless ``reset_optimizer_state``, which starts the new
-    optimizer's state from scratch (the returned flag).
+    ``reset_optimizer_state`` (the returned flag) starts the optimizer's state from scratch; the
+    mode still decides its values. A different optimizer type fails unless it is set; the new
+    type then takes the current config (no mode applies across types).
 
     >>> from marin_optim import AdamConfig
     >>> saved, now = AdamConfig(learning_rate=1e-3), AdamConfig(learning_rate=3e-3)
@@ -84,11 +94,11 @@ def resolve_resume(
             f"optimizer.type={current_name!r} but the checkpoint was trained with {saved_name!r}: "
             "pass reset_optimizer_state=true to start the new optimizer's state from scratch"
         )
-    if mode == "override" or reset_optimizer_state:
+    if mode == "override":
         return current, reset_optimizer_state
     if mode == "checkpoint":
         keep = {name: getattr(current, name) for name in current.fixed_fields}
-        return dataclasses.replace(saved, **keep), False
+        return dataclasses.replace(saved, **keep), reset_optimizer_state
     diffs = config_differences(saved, current)
     if diffs:
         listed = ", ".join(f"{k} (checkpoint {a!r}, config {b!r})" for k, (a, b) in sorted(diffs.items()))
@@ -96,4 +106,4 @@ def resolve_resume(
             f"optimizer config differs from the checkpoint's in {listed}; pass optimizer_resume=override "
             "to use the config's values or optimizer_resume=checkpoint to use the checkpoint's"
         )
-    return current, False
+    return current, reset_optimizer_state

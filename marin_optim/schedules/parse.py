@@ -19,6 +19,7 @@ from marin_optim.validation import (
     check_choice,
     check_num_train_steps,
     check_range,
+    where_of,
 )
 
 # -- public functions --------------------------------------------------------------------------
@@ -120,6 +121,27 @@ class _WeightDecayFields:
     weight_decay_schedule: str
 
 
+def check_weight_decay(fields: Any) -> None:
+    """``fields``' ``weight_decay``, ``weight_decay_end`` and ``weight_decay_schedule`` (an optimizer
+    config's, at construction, or :func:`weight_decay_schedule`'s arguments) in range and
+    agreeing: a constant schedule has no other end, a moving one needs its end."""
+    check_range(fields, "weight_decay", 0.0)
+    check_range(fields, "weight_decay_end", 0.0, allow_none=True)
+    check_choice(fields, "weight_decay_schedule", _WD_STYLES)
+    start, end, style = fields.weight_decay, fields.weight_decay_end, fields.weight_decay_schedule
+    if style == "constant" and end is not None and end != start:
+        raise ConfigError(
+            f"{where_of(fields, 'weight_decay_end')}={end!r}: weight_decay_schedule='constant' keeps "
+            f"weight_decay={start!r}; choose weight_decay_schedule linear or cosine to move to "
+            "weight_decay_end"
+        )
+    if style != "constant" and end is None:
+        raise ConfigError(
+            f"{where_of(fields, 'weight_decay_schedule')}={style!r}: needs weight_decay_end "
+            "(the value to reach at the end of the run)"
+        )
+
+
 def weight_decay_schedule(
     start: float, end: float | None, style: str, num_train_steps: int
 ) -> optax.Schedule | float:
@@ -133,22 +155,11 @@ def weight_decay_schedule(
     >>> [round(float(wd(step)), 3) for step in (0, 50, 100)]
     [0.1, 0.05, 0.0]
     """
-    fields = _WeightDecayFields(start, end, style)
-    check_range(fields, "weight_decay", 0.0)
-    check_range(fields, "weight_decay_end", 0.0, allow_none=True)
-    check_choice(fields, "weight_decay_schedule", _WD_STYLES)
+    check_weight_decay(_WeightDecayFields(start, end, style))
     check_num_train_steps(num_train_steps)
     if style == "constant":
-        if end is not None and end != start:
-            raise ConfigError(
-                f"weight_decay_end={end!r}: weight_decay_schedule='constant' keeps weight_decay={start!r}; "
-                "choose weight_decay_schedule linear or cosine to move to weight_decay_end"
-            )
         return float(start)
-    if end is None:
-        raise ConfigError(
-            f"weight_decay_schedule={style!r}: needs weight_decay_end (the value at the end of the run)"
-        )
+    assert end is not None  # check_weight_decay
     start_f, delta, n = float(start), float(end) - float(start), float(num_train_steps)
 
     def schedule(step: Any) -> jax.Array:

@@ -49,7 +49,8 @@ class TrainConfig:
     eval_interval: int = 100
     """Evaluate every this many steps (and always at the end); 0 = only at the end."""
     eval_sequences: int = 256
-    """Validation sequences per evaluation (the first ones of the held-out split, always the same)."""
+    """Validation sequences per evaluation: evenly spaced over the held-out split, always the same;
+    rounded up to whole microbatches, and at most what the split holds."""
     checkpoint_interval: int = 100
     """Checkpoint every this many steps (and always at the end); 0 = only at the end."""
     checkpoints_to_keep: int = 2
@@ -76,8 +77,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"train.{name}={value!r}: must be an int >= 0 (0 = only at the end)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"train.seed={self.seed!r}: must be an int")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"train.seed={self.seed!r}: must be an int >= 0")
         if self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"train.batch_size={self.batch_size}: must be divisible by train.grad_accum={self.grad_accum}"

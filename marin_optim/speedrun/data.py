@@ -52,7 +52,8 @@ class DataConfig:
     val_fraction: float = 0.05
     """Share of the documents (or of the bytes, with fewer than 2/val_fraction documents) held out."""
     max_bytes: int | None = None
-    """Read at most this many bytes of text (in file order); None = everything."""
+    """Stop reading text once this many bytes are read (in file order; the document that reaches
+    it is kept whole); None = everything."""
     seed: int | None = None
     """Seed of the sampling order and of the Markov chain; None = train.seed."""
     markov_vocab: int = 32
@@ -93,6 +94,10 @@ class DataConfig:
                 f"data.markov_vocab={self.markov_vocab}, markov_order={self.markov_order}: "
                 f"{self.markov_vocab}**{self.markov_order} contexts is too many (max 2**20)"
             )
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
+        ):
+            raise ConfigError(f"data.seed={self.seed!r}: must be an int >= 0 (or None for train.seed)")
         if not self.markov_concentration > 0:
             raise ConfigError(f"data.markov_concentration={self.markov_concentration!r}: must be > 0")
         for name in ("markov_train_tokens", "markov_val_tokens"):

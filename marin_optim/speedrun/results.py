@@ -84,13 +84,16 @@ class MetricsLog:
 
     def open(self, keep_up_to_step: int | None) -> list[dict[str, Any]]:
         """Opens for appending; with ``keep_up_to_step`` (a resume) drops rows of later steps and
-        returns the rows kept, else starts empty."""
+        returns the rows kept, else starts empty. A resume reads the unfinished file, or, where
+        the run had published it (a finished run extended, a kill before ``results.json``), the
+        published one."""
         rows: list[dict[str, Any]] = []
         if not self.enabled:
             return rows
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if keep_up_to_step is not None and self.path.exists():
-            for line in self.path.read_text().splitlines():
+        source = self.path if self.path.exists() else self.run_dir / METRICS
+        if keep_up_to_step is not None and source.exists():
+            for line in source.read_text().splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:

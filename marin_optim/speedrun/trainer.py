@@ -62,6 +62,7 @@ from marin_optim.speedrun.model import VOCAB_SIZE, Transformer, cast_floating, n
 from marin_optim.speedrun.plots import Curve, plot_curves
 from marin_optim.state import hyperparams, with_schedule_step
 from marin_optim.transforms.distributed import undivided_state
+from marin_optim.transforms.guards import NonFiniteError
 
 Hook = Callable[[int], None]
 """Called with the step number after each step's logging, evaluation and checkpoint."""
@@ -203,7 +204,7 @@ def resolve_resumed_optimizer(
         raise ConfigError(f"resume: the checkpoint's optimizer config cannot be loaded: {e}") from None
     optimizer, reset = cfg.optimizer, cfg.reset_optimizer_state
     same_type = type(saved_optimizer) is type(cfg.optimizer)
-    if same_type and cfg.optimizer_resume == "strict" and not reset:
+    if same_type and cfg.optimizer_resume == "strict":
         opt_diffs = config_differences(saved_optimizer, cfg.optimizer)
         if opt_diffs:
             listed = "; ".join(f"optimizer.{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(opt_diffs.items()))
@@ -435,6 +436,11 @@ def run_speedrun(
         and plan.resume_step >= t.num_train_steps
         and finished.exists()
         and not (plan.run_dir / res.PARTIAL_METRICS).exists()
+        and not config_differences(  # the results are this checkpoint's run's, not an earlier one's
+            res.read_results(plan.run_dir).get("config", {}),
+            (plan.resume_meta or {}).get("config", {}),
+            ignore=RUN_CONTROL_FIELDS,
+        )
     ):
         say(f"{plan.run_dir} already finished {plan.resume_step} steps; results: {finished}")
         return SpeedrunResult(run_info=res.read_results(plan.run_dir), run_dir=plan.run_dir)
@@ -641,8 +647,13 @@ def _open_checkpointer(setup: RunSetup) -> Checkpointer:
     # Every process has finished reading the run directory (preflight) before anyone changes it.
     _sync("marin_optim_speedrun_preflight")
     if setup.plan.resume_step is None:
-        if setup.is_main and ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)  # a finished (or overwritten) earlier run's checkpoints
+        if setup.is_main:  # a finished (or overwritten) earlier run's checkpoints: out of the way at
+            # once (a rename), then deleted, so a kill meanwhile leaves no half-deleted step to resume
+            gone = ckpt_dir.with_name(ckpt_dir.name + ".removing")
+            if ckpt_dir.exists():
+                shutil.rmtree(gone, ignore_errors=True)
+                ckpt_dir.rename(gone)
+            shutil.rmtree(gone, ignore_errors=True)
         _sync("marin_optim_speedrun_clear")
     return Checkpointer(ckpt_dir, keep=setup.cfg.train.checkpoints_to_keep)
 
@@ -685,10 +696,17 @@ def _finish(
     cfg, t, plan, dataset = setup.cfg, setup.cfg.train, setup.plan, setup.dataset
     curve, log = trainer.metrics.curve, trainer.metrics.log
     final_eval = (
-        curve.eval_loss[-1] if curve.eval_steps and curve.eval_steps[-1] == t.num_train_steps else None
+        curve.eval_loss[-1] if curve.eval_steps and curve.eval_steps[-1] == t.num_train_steps else math.nan
     )
-    if final_eval is None:  # resumed at the very end: evaluate what was restored
+    final_eval = _from_main(final_eval)  # the main process alone read a resumed run's history
+    if math.isnan(final_eval):  # resumed at the very end: evaluate what was restored (every process)
         final_eval = trainer.evals.evaluate(t.num_train_steps, state)
+    if not math.isfinite(final_eval):  # diverged with the guard off: a good result stays
+        log.close()
+        raise NonFiniteError(
+            f"final eval loss {final_eval}: the run diverged; nothing published (its metrics so far: "
+            f"{plan.run_dir / res.PARTIAL_METRICS})"
+        )
     last_loss = trainer.metrics.last_loss
     final_train = (
         last_loss if not math.isnan(last_loss) else (curve.train_loss[-1] if curve.train_loss else math.nan)
@@ -716,7 +734,11 @@ def _finish(
             loss_floor=dataset.loss_floor,
         )
         log.finish()
-        res.write_atomic(plan.run_dir / res.CONFIG, cfg.to_yaml())
+        rerun = cfg.replace(  # reruns the run from the start, wherever it is run
+            resume=False, overwrite=False, allow_config_change=False, reset_optimizer_state=False,
+            optimizer_resume="strict",
+        )  # fmt: skip
+        res.write_atomic(plan.run_dir / res.CONFIG, rerun.to_yaml())
         path = res.write_results(plan.run_dir, run_info)
         setup.say(_summary(run_info, path))
     _sync("marin_optim_speedrun_done")
@@ -811,6 +833,15 @@ def _step_array(step: int, mesh: jax.sharding.Mesh) -> jax.Array:
 
 def _data_seed(cfg: SpeedrunConfig) -> int:
     return cfg.train.seed if cfg.data.seed is None else cfg.data.seed
+
+
+def _from_main(value: float) -> float:
+    """``value`` as the main process has it, on every process."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return float(multihost_utils.broadcast_one_to_all(np.float64(value)))
 
 
 def _sync(name: str) -> None:

@@ -9,6 +9,7 @@ from marin_optim.cli import parse_config
 from marin_optim.config import config_differences
 from marin_optim.speedrun import ModelConfig, SpeedrunConfig, TrainConfig
 from marin_optim.speedrun.config import RUN_CONTROL_FIELDS
+from marin_optim.speedrun.data import DataConfig
 from marin_optim.speedrun.mesh import MeshConfig
 
 
@@ -58,6 +59,8 @@ def test_one_source_of_truth_for_the_learning_rate():
         (lambda: TrainConfig(num_train_steps=0), r"train\.num_train_steps=0"),
         (lambda: TrainConfig(eval_interval=-1), r"train\.eval_interval=-1"),
         (lambda: TrainConfig(compute_dtype="float16"), r"train\.compute_dtype"),
+        (lambda: TrainConfig(seed=-1), r"train\.seed=-1: must be an int >= 0"),
+        (lambda: DataConfig(seed=-2), r"data\.seed=-2: must be an int >= 0"),
         (lambda: MeshConfig(data=0), r"train\.mesh\.data=0"),
         (lambda: SpeedrunConfig(train=TrainConfig(seq_len=512)), r"train\.seq_len=512: longer than"),
         (lambda: SpeedrunConfig(resume=True, overwrite=True), "choose one"),

@@ -105,37 +105,42 @@ def test_two_processes_with_jax_distributed_match_one_device(one_device, tmp_pat
         from speedrun_helpers import tiny_config
         from marin_optim.speedrun import run_speedrun
         cfg = tiny_config({str(run_dir)!r}, "--train.checkpoint_interval", "6",
-                          "--distributed.coordinator_address", "127.0.0.1:{port}",
-                          "--distributed.num_processes", "2", "--distributed.process_id", sys.argv[1])
+                          "--distributed.coordinator_address", "127.0.0.1:" + sys.argv[2],
+                          "--distributed.num_processes", "2", "--distributed.process_id", sys.argv[1],
+                          *sys.argv[3:])
         info = run_speedrun(cfg, log=lambda m: None).run_info
         print(json.dumps({{"eval": info["eval_loss"], "processes": jax.process_count(),
                           "devices": jax.device_count(), "mesh": info["mesh"]}}))
         """
     )
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, str(i)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=REPO,
-        )
-        for i in range(2)
-    ]
-    outs = []
-    try:
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=300)
-            outs.append((p.returncode, stdout, stderr))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for rc, _stdout, stderr in outs:
-        assert rc == 0, stderr[-3000:]
-    reports = [last_json_line(stdout) for _, stdout, _ in outs]
+
+    def both(port: int, *args: str) -> list[dict]:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(i), str(port), *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=REPO,
+            )
+            for i in range(2)
+        ]
+        outs = []
+        try:
+            for p in procs:
+                stdout, stderr = p.communicate(timeout=300)
+                outs.append((p.returncode, stdout, stderr))
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        for rc, _stdout, stderr in outs:
+            assert rc == 0, stderr[-3000:]
+        return [last_json_line(stdout) for _, stdout, _ in outs]
+
+    reports = both(port)
     for r in reports:
         assert r["processes"] == 2 and r["devices"] == 2 and r["mesh"] == {"data": 2, "model": 1}
         assert abs(r["eval"] - ref_info["eval_loss"]) < TOLERANCE
@@ -143,3 +148,12 @@ def test_two_processes_with_jax_distributed_match_one_device(one_device, tmp_pat
     assert max(abs(a - b) for a, b in zip(got, ref, strict=True)) < TOLERANCE
     assert json.loads((run_dir / res.RESULTS).read_text())["runs"][0]["run_info"]["num_processes"] == 2
     assert sorted(int(p.name) for p in (run_dir / res.CHECKPOINTS).iterdir() if p.name.isdigit()) == [6, 12]
+
+    # Killed after its last checkpoint, before results.json: only process 0 reads the history (which
+    # holds the final eval); resumed, the two agree on it rather than one evaluating alone (a hang).
+    rows = (run_dir / res.METRICS).read_text()
+    (run_dir / res.RESULTS).unlink()
+    (run_dir / res.METRICS).rename(run_dir / res.PARTIAL_METRICS)
+    again = both(_free_port(), "--resume", "true")
+    assert [r["eval"] for r in again] == [reports[0]["eval"]] * 2
+    assert (run_dir / res.METRICS).read_text() == rows and (run_dir / res.RESULTS).exists()

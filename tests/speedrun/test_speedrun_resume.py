@@ -126,6 +126,63 @@ def test_a_failed_run_never_overwrites_a_finished_runs_results(finished, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_diverged_run_with_its_guard_off_publishes_nothing(finished, tmp_path):
+    from marin_optim.transforms.guards import NonFiniteError
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished, run_dir)
+    before = (run_dir / res.RESULTS).read_bytes()
+    args = ["--optimizer.learning_rate", "1e30", "--optimizer.skip_nonfinite", "false"]
+    with pytest.raises(NonFiniteError, match="final eval loss nan: the run diverged; nothing published"):
+        run_speedrun(tiny_config(run_dir, *ONE_DEVICE, *args), log=lambda _m: None)
+    assert (run_dir / res.RESULTS).read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_resume_after_the_metrics_were_published_keeps_their_history(finished, tmp_path, capsys):
+    # killed between publishing metrics.jsonl and writing results.json: no unfinished metrics left
+    run_dir = tmp_path / "published"
+    shutil.copytree(finished, run_dir)
+    (run_dir / res.RESULTS).unlink()
+    rc, _, err = cli(capsys, *TINY_ARGS, *ONE_DEVICE, "--output_dir", str(run_dir), "--resume", "true")
+    assert rc == 0, err
+    assert res.read_metrics(run_dir / res.METRICS) == res.read_metrics(finished / res.METRICS)
+    info, ref = res.read_results(run_dir), res.read_results(finished)
+    assert (info["eval_loss"], info["initial_eval_loss"]) == (ref["eval_loss"], ref["initial_eval_loss"])
+    # its config.yaml reruns it from the start, resume flags cleared
+    assert "resume: false" in (run_dir / res.CONFIG).read_text().splitlines()
+
+    # a finished run extended by 4 steps: its first 12 steps' losses stay in its history
+    longer = ["--train.num_train_steps", "16", "--resume", "true", "--allow_config_change", "true"]
+    rc, out, err = cli(capsys, *TINY_ARGS, *ONE_DEVICE, "--output_dir", str(run_dir), *longer)
+    assert rc == 0 and "at step 12" in out, err
+    steps = [r["step"] for r in res.read_metrics(run_dir / res.METRICS) if "loss" in r]
+    assert steps == list(range(1, 17))
+
+
+@pytest.mark.slow
+def test_an_earlier_runs_results_are_not_taken_for_the_checkpoints(finished, tmp_path, capsys):
+    # a second run in a finished run's directory, killed before its results.json: the first run's
+    # results are still there, and a resume must publish the second's, not return the first's
+    run_dir = tmp_path / "second"
+    shutil.copytree(finished, run_dir)
+    (run_dir / f"{res.CHECKPOINTS}.removing" / "4").mkdir(parents=True)  # a kill while clearing
+    other = [*TINY_ARGS, *ONE_DEVICE, "--output_dir", str(run_dir), "--optimizer.learning_rate", "0.001"]
+    rc, _, err = cli(capsys, *other)
+    assert rc == 0, err
+    assert not (run_dir / f"{res.CHECKPOINTS}.removing").exists()
+    second = res.read_results(run_dir)
+    shutil.copy(finished / res.RESULTS, run_dir / res.RESULTS)
+    rc, out, err = cli(capsys, *other, "--resume", "true")
+    assert rc == 0 and "already finished" not in out, err
+    assert (
+        res.read_results(run_dir)["eval_loss"]
+        == second["eval_loss"]
+        != res.read_results(finished)["eval_loss"]
+    )
+
+
+@pytest.mark.slow
 def test_kill_during_a_checkpoint_write_leaves_the_previous_one_and_resume_works(finished, tmp_path, capsys):
     run_dir = tmp_path / "killed_mid_write"
     # SIGKILL inside orbax's write of the step-8 checkpoint, after its directory is created.
