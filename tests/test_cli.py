@@ -27,6 +27,11 @@ def test_list_shows_every_optimizer_and_schedule(capsys):
         assert f" {name} " in out
 
 
+def test_show_a_schedule_without_fields(capsys):
+    rc, out, _ = run(capsys, "show", "linear")
+    assert rc == 0 and out.rstrip().endswith("Fields: none")
+
+
 def test_show_prints_fields_types_defaults_and_docs(capsys):
     rc, out, _ = run(capsys, "show", "adam")
     assert rc == 0

@@ -138,6 +138,9 @@ def cmd_show(argv: Sequence[str]) -> int:
     for name, default in field_defaults(cls).items():
         shown = "(required)" if default is dataclasses.MISSING else as_written(default)
         rows.append((name, _type_str(hints.get(name, Any)), shown, cls.field_doc(name)))
+    if not rows:  # a schedule with nothing to set (linear, constant, ...)
+        print("\nFields: none")
+        return 0
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     print("\nFields:")
     for r in rows:

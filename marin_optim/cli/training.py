@@ -110,7 +110,7 @@ def run_script(config: Any, argv: Sequence[str] | None = None) -> int:
 
         cfg = config
         if argv:
-            if any(a.startswith("--config_path") for a in argv):
+            if any(a.startswith(("--config_path", "--config-path")) for a in argv):
                 raise ConfigError(
                     "a speedrun script carries its own config: pass dotted overrides, not --config_path"
                 )

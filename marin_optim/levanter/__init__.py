@@ -50,8 +50,14 @@ logger = logging.getLogger(__name__)
 
 LevanterOptimizerConfig: type = _levanter_optim.OptimizerConfig
 """Levanter's optimizer registry (``levanter.optim.OptimizerConfig``)."""
-LevanterModelAveragingConfig: type = _levanter_optim.model_averaging.ModelAveragingConfig
-"""Levanter's registry of ``trainer.model_averaging`` rules."""
+try:
+    LevanterModelAveragingConfig: type = _levanter_optim.model_averaging.ModelAveragingConfig
+    """Levanter's registry of ``trainer.model_averaging`` rules."""
+except AttributeError:  # an older Levanter: one line (the launcher's exit 2), not a traceback
+    raise ImportError(
+        "marin_optim.levanter needs a Levanter with levanter.optim.model_averaging: "
+        "pip install 'marin-optim[levanter]' (the version it pins)"
+    ) from None
 
 PREFIX = "marin_optim."
 """Our optimizers' names in Levanter's registry: ``marin_optim.<name>``."""

@@ -61,31 +61,48 @@ def _options(argv: Sequence[str]) -> tuple[list[str], list[str], str, list[str]]
     return take, imports, module, argv
 
 
-def _optimizer_args(argv: Sequence[str]) -> tuple[str | None, dict[str, str]]:
-    """Levanter's ``--config_path`` and the ``--optimizer.*`` overrides, as ``{field: value}``."""
-    config_path: str | None = None
+CONFIG_FLAGS = ("config_path", "config-path", "config", "configs")
+"""The flags naming Levanter's config files; each takes one or more paths (``--configs a b``)."""
+
+
+def _optimizer_args(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The config files Levanter reads (:data:`CONFIG_FLAGS`) and the ``--optimizer.*`` overrides,
+    as ``{field: value}``."""
+    configs: list[str] = []
     overrides: dict[str, str] = {}
     i = 0
     while i < len(argv):
         arg = argv[i]
         key, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if key and not eq and i + 1 < len(argv):
-            value = argv[i + 1]
-            i += 1
-        if key in ("config_path", "config-path"):
-            config_path = value
+        if key in CONFIG_FLAGS and not eq:  # every path up to the next flag
+            while i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                configs.append(argv[i + 1])
+                i += 1
+        elif key in CONFIG_FLAGS:
+            configs.append(value)
         elif key.startswith("optimizer."):
+            if not eq and i + 1 < len(argv):
+                value = argv[i + 1]
+                i += 1
             overrides[key[len("optimizer.") :]] = value
         i += 1
-    return config_path, overrides
+    return configs, overrides
+
+
+def _local_config(path: str) -> Path | None:
+    """The file Levanter reads for a config ``path`` (it tries ``.yaml`` and ``.yml`` too), or None
+    where it is not a local file (a URL, a name in Levanter's config folder)."""
+    return next((Path(p) for p in (path, f"{path}.yaml", f"{path}.yml") if Path(p).is_file()), None)
 
 
 def check_optimizer(argv: Sequence[str]) -> None:
     """Fails with one line when the command line names an optimizer or field that does not exist.
 
-    Reads the ``optimizer`` block of a local ``--config_path`` YAML and the ``--optimizer.*``
-    overrides; a config Levanter fetches from a URL is left to Levanter. A field that only the
-    other implementation of the same name has (ours vs Levanter's) says so.
+    Reads the ``optimizer`` block of the local config files (several are concatenated, as Levanter
+    does) and the ``--optimizer.*`` overrides. A config Levanter fetches itself (a URL, a name in
+    its config folder) is left to Levanter, and so are the overrides unless they name the
+    ``type``. A field that only the other implementation of the same name has (ours vs
+    Levanter's) says so.
     """
     import dataclasses
 
@@ -96,13 +113,16 @@ def check_optimizer(argv: Sequence[str]) -> None:
     from marin_optim.errors import ConfigError, close_matches, did_you_mean, suggest
     from marin_optim.levanter import LEVANTER_PREFIX, PREFIX, LevanterOptimizerConfig
 
-    config_path, overrides = _optimizer_args(argv)
+    configs, overrides = _optimizer_args(argv)
+    files = [_local_config(c) for c in configs]
+    if None in files and "type" not in overrides:
+        return  # the optimizer's type is in a config only Levanter reads
     block: Any = {}
-    if config_path is not None and Path(config_path).is_file():
-        try:
-            block = (yaml.safe_load(Path(config_path).read_text()) or {}).get("optimizer") or {}
-        except (yaml.YAMLError, AttributeError):
-            return  # Levanter reports a broken file itself
+    try:
+        text = "\n".join(f.read_text() for f in files if f is not None)
+        block = ((yaml.safe_load(text) or {}).get("optimizer") or {}) if None not in files else {}
+    except (yaml.YAMLError, AttributeError):
+        return  # Levanter reports a broken file itself
     if not isinstance(block, dict):
         return
     registry = LevanterOptimizerConfig.get_known_choices()

@@ -34,12 +34,15 @@ from collections.abc import Callable
 from typing import Any
 
 from marin_optim.config import OptimizerConfig, built_by
+from marin_optim.errors import ConfigError
 from marin_optim.state import beyond_injected
 from marin_optim.transforms.guards import check_nonfinite_run, find_guard_state
 
 logger = logging.getLogger(__name__)
 
 _ORIGINAL_INIT = "__marin_optim_original__"
+TRAINER_ARGUMENTS = ("config", "optimizer", "loss_fn")
+"""The arguments of Levanter's ``Trainer.__init__`` the fixes read (checked when installed)."""
 
 
 def returns_loss_and_metrics(loss_fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -87,14 +90,16 @@ class OptimizerMonitor:
         logger.info("marin_optim optimizer %s:\n%s", type(self.config).__name__, table)
 
 
-def set_aside_torn_checkpoints(paths: list[str]) -> list[str]:
+def set_aside_torn_checkpoints(paths: list[str], asked: str | None = None) -> list[str]:
     """Renames the unreadable ``metadata.json`` of each checkpoint under ``paths`` (folders that
     hold a run's checkpoints, local or any fsspec URL) to ``metadata.json.torn``, and returns the
     checkpoints set aside.
 
     Levanter writes ``metadata.json`` after the arrays, so a checkpoint whose metadata does not
     parse was cut off while being written; without its ``metadata.json`` Levanter no longer counts
-    it as a checkpoint and resumes from the last complete one. Nothing is deleted."""
+    it as a checkpoint and resumes from the last complete one. Nothing is deleted. ``asked``, a
+    checkpoint the run was told to load (``trainer.load_checkpoint_path``), is not set aside when
+    torn but refused (``ConfigError``): without it the run would start afresh."""
     import fsspec
 
     torn = []
@@ -109,6 +114,11 @@ def set_aside_torn_checkpoints(paths: list[str]) -> list[str]:
                 continue
             except ValueError:  # JSONDecodeError and UnicodeDecodeError: torn
                 pass
+            if asked is not None and meta == f"{fsspec.core.url_to_fs(asked)[1].rstrip('/')}/metadata.json":
+                raise ConfigError(
+                    f"trainer.load_checkpoint_path={asked!r}: its metadata.json was cut off while being "
+                    "written (a killed run); point it at a complete checkpoint or at the folder holding them"
+                )
             try:
                 fs.mv(meta, f"{meta}.torn")
             except FileNotFoundError:
@@ -130,6 +140,12 @@ def install_trainer_fixes() -> None:
     if hasattr(init, _ORIGINAL_INIT):
         return
     signature = inspect.signature(init)
+    missing = [name for name in TRAINER_ARGUMENTS if name not in signature.parameters]
+    if missing:  # a Levanter whose Trainer changed: the fixes (the guard first) would silently not apply
+        raise ImportError(
+            f"marin_optim.levanter: this Levanter's Trainer.__init__{signature} lacks {', '.join(missing)}, "
+            "which marin_optim's fixes read; use the Levanter version marin_optim's [levanter] extra pins"
+        )
 
     @functools.wraps(init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -139,7 +155,10 @@ def install_trainer_fixes() -> None:
         if config is not None:
             bound.arguments["loss_fn"] = returns_loss_and_metrics(bound.arguments["loss_fn"])
             if getattr(trainer_config, "id", None) is not None:
-                set_aside_torn_checkpoints(trainer_config.checkpoint_search_paths(trainer_config.id))
+                asked = trainer_config.load_checkpoint_path
+                ckpt = trainer_config.checkpointer  # the run's own: its Checkpointer reads them all
+                own = [ckpt.expanded_path(trainer_config.id), ckpt.expanded_temporary_path(trainer_config.id)]
+                set_aside_torn_checkpoints([p for p in (*own, asked) if p is not None], asked=asked)
         init(*bound.args, **bound.kwargs)
         if config is None:
             return

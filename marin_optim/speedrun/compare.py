@@ -96,7 +96,7 @@ def run_compare(
     log: Any = print,
 ) -> CompareResult:
     """Runs ``base`` once per ``(label, optimizer)`` and writes the table and the plot."""
-    from marin_optim.speedrun.trainer import run_speedrun
+    from marin_optim.speedrun.trainer import prepare, run_speedrun
     from marin_optim.transforms.guards import NonFiniteError
 
     if not optimizers:
@@ -108,6 +108,8 @@ def run_compare(
     configs = [
         (label, base.replace(optimizer=opt, output_dir=str(root / label))) for label, opt in optimizers
     ]
+    for _, cfg in configs:  # every run's bad input (an unfinished run in its way too) before any trains
+        prepare(cfg)
     infos, curves, stopped = {}, {}, {}
     for label, cfg in configs:
         log(f"\n=== compare: {label} ===")

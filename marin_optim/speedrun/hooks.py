@@ -68,10 +68,12 @@ class Clock:
         """Adds a dispatched step's tokens."""
         self.tokens += tokens
 
-    def tick(self) -> tuple[float, float]:
-        """``(training time so far, tokens per second over the last WINDOW ticks)``, now."""
+    def tick(self, in_flight: int = 0) -> tuple[float, float]:
+        """``(training time so far, tokens per second over the last WINDOW ticks)``, now, when all
+        but ``in_flight`` of the dispatched tokens are done (the step queued behind the one whose
+        row is written is still running: counting it would overstate the first rows' rate)."""
         now = time.perf_counter()
-        self._window.append((now, self.tokens))
+        self._window.append((now, self.tokens - in_flight))
         del self._window[: -self.WINDOW]
         (t0, n0), (t1, n1) = self._window[0], self._window[-1]
         rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
@@ -152,12 +154,14 @@ class MetricsHook:
         self._pending: tuple[int, Any] | None = None
 
     def push(self, step: int, values: Any) -> None:
-        """Writes the previous step's row, then holds ``values`` (device arrays) of ``step``."""
-        self.drain()
+        """Writes the previous step's row, then holds ``values`` (device arrays) of ``step``, which
+        was dispatched (and counted by the clock) just before."""
+        self.drain(in_flight=self.tokens_per_step)
         self._pending = (step, values)
 
-    def drain(self) -> None:
-        """Writes the held step's row (reading its values waits for that step only)."""
+    def drain(self, in_flight: int = 0) -> None:
+        """Writes the held step's row (reading its values waits for that step only); ``in_flight``:
+        the tokens of steps dispatched after it, still running."""
         if self._pending is None:
             return
         step, values = self._pending
@@ -169,7 +173,7 @@ class MetricsHook:
             check_nonfinite_run(
                 values["skip/consecutive_nonfinite"], values["skip/nonfinite_steps"], self.max_nonfinite_steps
             )
-        training_time, rate = self.clock.tick()
+        training_time, rate = self.clock.tick(in_flight)
         row = {
             "step": step,
             "tokens": step * self.tokens_per_step,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +37,14 @@ class Curve:
 
 
 def smooth(values: Sequence[float], alpha: float = 0.1) -> np.ndarray:
-    """Bias-corrected exponential moving average (as TensorBoard's smoothing)."""
+    """Bias-corrected exponential moving average (as TensorBoard's smoothing). A non-finite value
+    (the loss of a step the guard skipped) leaves the average as it was, rather than end it."""
     out, avg, weight = [], 0.0, 0.0
     for v in values:
-        avg = (1 - alpha) * avg + alpha * v
-        weight = (1 - alpha) * weight + alpha
-        out.append(avg / weight)
+        if math.isfinite(v):
+            avg = (1 - alpha) * avg + alpha * v
+            weight = (1 - alpha) * weight + alpha
+        out.append(avg / weight if weight else math.nan)
     return np.asarray(out)
 
 

@@ -123,6 +123,15 @@ def resolve_compute_dtype(name: str) -> Any:
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
 
 
+def prepare(cfg: SpeedrunConfig) -> Plan:
+    """The process set up for ``cfg`` (:func:`marin_optim.runtime.setup_process`, then
+    ``jax.distributed`` where it runs on several), then :func:`preflight`; each step idempotent, so
+    a comparison checks all its runs before the first trains."""
+    setup_process(program=False)
+    initialize_distributed(cfg)
+    return preflight(cfg)
+
+
 def preflight(cfg: SpeedrunConfig) -> Plan:
     """Checks everything that depends on the machine; raises one ConfigError line on bad input."""
     t = cfg.train
@@ -423,9 +432,7 @@ def run_speedrun(
     Sets the process up first, as every entry point does (:func:`marin_optim.runtime.setup_process`:
     XLA:CPU multi-output fusion unless a JAX computation already ran; huge pages need a program).
     """
-    setup_process(program=False)
-    initialize_distributed(cfg)
-    plan = preflight(cfg)
+    plan = prepare(cfg)
     cfg = cfg.replace(optimizer=plan.optimizer)  # on resume: what optimizer_resume resolved
     is_main = jax.process_index() == 0
     say = (log or _print) if is_main else (lambda _msg: None)

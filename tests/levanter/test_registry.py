@@ -179,6 +179,30 @@ def test_launcher_rejects_unknown_names_and_fields_with_close_matches(tmp_path):
     check_optimizer(["--config_path", _yaml(tmp_path, {"type": "adam", "update_rms_clipping": 1.0})])
 
 
+def test_launcher_reads_the_configs_levanter_reads_and_leaves_it_the_others(tmp_path):
+    muon = tmp_path / "muon.yaml"
+    muon.write_text(yaml.safe_dump({"optimizer": {"type": "marin_optim.muon"}}))
+    (tmp_path / "steps.yaml").write_text(yaml.safe_dump({"trainer": {"num_train_steps": 10}}))
+    # a name Levanter completes with .yaml; several files, concatenated
+    check_optimizer(["--config_path", str(tmp_path / "muon"), "--optimizer.adam_lr", "3e-3"])
+    check_optimizer(["--configs", str(muon), str(tmp_path / "steps.yaml"), "--optimizer.adam_lr", "3e-3"])
+    with pytest.raises(ConfigError, match=r"optimizer\.adam_lr: not a field of 'marin_optim\.lion'"):
+        check_optimizer(
+            ["--config", str(muon), "--optimizer.type", "marin_optim.lion", "--optimizer.adam_lr", "1"]
+        )
+    # a config only Levanter reads (a URL, its own config folder): its optimizer is Levanter's to check
+    check_optimizer(["--config_path", "gs://bucket/run.yaml", "--optimizer.adam_lr", "3e-3"])
+    with pytest.raises(ConfigError, match="did you mean 'beta2'"):  # unless the type is given here
+        check_optimizer(
+            [
+                "--config_path",
+                "gs://b/run.yaml",
+                "--optimizer.type=marin_optim.lion",
+                "--optimizer.beta_2=0.9",
+            ]
+        )
+
+
 def test_launcher_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert launcher_main(["--config_path", _yaml(tmp_path, {})]) == 2  # no ENTRY, or a flag as ENTRY
     assert launcher_main(["train_lmm"]) == 2
@@ -288,3 +312,19 @@ def test_loaded_yaml_text_round_trip_of_the_optimizer_block():
     text = yaml.safe_dump({"optimizer": block})
     loaded = draccus.load(TrainLmConfig, io.StringIO(text))
     assert loaded.optimizer == marin_optim.NorMuonConfig(muon_beta2=0.9)
+
+
+def test_trainer_fixes_refuse_a_levanter_whose_trainer_changed(monkeypatch):
+    # the guard and the loss fix read these arguments; a Trainer without them must not pass silently
+    import levanter.trainer
+
+    from marin_optim.levanter.trainer import install_trainer_fixes
+
+    class Renamed:
+        def __init__(self, config, optimizer, loss):  # loss_fn renamed
+            pass
+
+    monkeypatch.setattr(levanter.trainer, "Trainer", Renamed)
+    with pytest.raises(ImportError, match=r"lacks loss_fn, which marin_optim's fixes read"):
+        install_trainer_fixes()
+    assert not hasattr(Renamed.__init__, "__marin_optim_original__")

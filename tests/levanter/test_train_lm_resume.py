@@ -117,3 +117,15 @@ def test_torn_checkpoints_are_set_aside(tmp_path):
     assert sorted(p.parent.name for p in run.glob("*/metadata.json.torn")) == ["step-12", "step-9"]
     assert not (run / "step-13" / "metadata.json.torn").exists()
     assert set_aside_torn_checkpoints([str(run)]) == []  # idempotent
+
+    # a checkpoint the run was told to load (trainer.load_checkpoint_path) is refused when torn,
+    # not set aside (the run would start afresh); a folder of them is cleaned like the run's own
+    from marin_optim.errors import ConfigError
+
+    (run / "step-14").mkdir()
+    (run / "step-14" / "metadata.json").write_text('{"st')
+    asked = str(run / "step-14")
+    with pytest.raises(ConfigError, match=r"trainer\.load_checkpoint_path=.*step-14.*cut off"):
+        set_aside_torn_checkpoints([asked], asked=asked)
+    assert (run / "step-14" / "metadata.json").exists()
+    assert set_aside_torn_checkpoints([str(run)], asked=str(run)) == ["step-14"]

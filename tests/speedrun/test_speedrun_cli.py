@@ -155,6 +155,25 @@ def test_compare_runs_each_optimizer_and_writes_one_table_and_plot(tmp_path):
     assert len(json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]) == 2
 
 
+def test_compare_checks_every_run_before_the_first_trains(tmp_path):
+    # lion's directory holds an unfinished run (a checkpoint, no results): refused before adamw trains
+    base = tiny_config(tmp_path / "unused", "--train.num_train_steps", "4", "--train.mesh.data", "1")
+    (tmp_path / "cmp" / "lion" / res.CHECKPOINTS / "2").mkdir(parents=True)
+    optimizers = [parse_optimizer_spec("adamw"), parse_optimizer_spec("lion")]
+    with pytest.raises(ConfigError, match=r"lion'? holds an unfinished run \(checkpoint at step 2\)"):
+        run_compare(base, optimizers, output_dir=tmp_path / "cmp", log=lambda _m: None)
+    assert not (tmp_path / "cmp" / "adamw").exists()
+
+
+def test_a_script_refuses_a_config_path_in_either_spelling(capsys):
+    from marin_optim.cli import run_script
+
+    config = tiny_config("unused")
+    for flag in ("--config_path", "--config-path"):
+        assert run_script(config, [flag, "other.yaml"]) == 2
+        assert "carries its own config" in capsys.readouterr().err
+
+
 def test_experiment_scripts_hold_their_configs():
     adamw = runpy.run_path(str(REPO / "experiments/speedrun/adamw_baseline.py"), run_name="adamw_baseline")
     lion = runpy.run_path(str(REPO / "experiments/speedrun/lion.py"), run_name="lion")

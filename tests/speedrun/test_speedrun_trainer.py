@@ -122,3 +122,28 @@ def test_optimizers_needing_the_loss_closure_or_an_averaged_eval_point(tiny, opt
     info = run_speedrun(cfg.replace(optimizer=OptimizerConfig.from_dict(optimizer)), log=quiet).run_info
     assert info["optimizer"] == optimizer["type"]
     assert math.isfinite(info["eval_loss"]) and info["eval_loss"] < info["initial_eval_loss"]
+
+
+def test_throughput_counts_only_finished_steps(monkeypatch):
+    # a row is written once the next step is queued: that step's tokens are not yet done
+    from marin_optim.speedrun import hooks
+
+    now = [0.0]
+    monkeypatch.setattr(hooks.time, "perf_counter", lambda: now[0])
+    clock = hooks.Clock()
+    clock.resume()
+    clock.count(100)  # step 1 dispatched
+    clock.count(100)  # step 2 dispatched; step 1's row is written when step 1 is done, at t=1
+    now[0] = 1.0
+    assert clock.tick(in_flight=100) == (1.0, 100.0)
+    now[0] = 2.0
+    assert clock.tick() == (2.0, 100.0)  # a pause: nothing in flight
+
+
+def test_smoothing_steps_over_a_skipped_steps_loss():
+    from marin_optim.speedrun.plots import smooth
+
+    out = smooth([3.0, math.nan, 2.0, math.inf])
+    assert out[:2] == pytest.approx([3.0, 3.0]) and out[2] == pytest.approx((0.27 + 0.2) / 0.19)
+    assert out[3] == out[2]
+    assert math.isnan(smooth([math.nan, 1.0])[0]) and smooth([math.nan, 1.0])[1] == 1.0
