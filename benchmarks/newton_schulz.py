@@ -6,6 +6,9 @@
    is the price of everything else (normalisation, transposes, the polynomial's sums, casts).
 2. One Muon optimizer step against one AdamW step on the same parameters and gradients
    (``cfg.build(n).update`` + ``apply_updates``, jitted, buffers donated).
+3. Each coefficient preset's distance to the exact polar factor ``U V^T`` (from an SVD) of a
+   64x112 standard normal matrix (key 0), in float32: ``||NS(X) - U V^T||_F / ||U V^T||_F``.
+   Not a timing; ``--distances_only`` prints just this.
 
     python benchmarks/newton_schulz.py                      # the default CPU speedrun model
     python benchmarks/newton_schulz.py --preset 150m --reps 5
@@ -30,7 +33,7 @@ from marin_optim.labels import ParamLabel, ParamLabeler
 from marin_optim.optimizers.adam import AdamWConfig
 from marin_optim.optimizers.muon import MuonConfig
 from marin_optim.speedrun.model import ModelConfig, Transformer
-from marin_optim.transforms.newton_schulz import NS_DTYPES, newton_schulz
+from marin_optim.transforms.newton_schulz import NS_DTYPES, NS_PRESETS, newton_schulz
 
 
 def interleaved_best(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
@@ -66,7 +69,11 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu", help="speedrun model preset (cpu, nano, 30m, ..., 300m)")
     parser.add_argument("--steps", type=int, default=5, help="Newton-Schulz iterations")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--distances_only", action="store_true", help="only part 3 (no timings)")
     args = parser.parse_args()
+    if args.distances_only:
+        print_distances(args.steps)
+        return
 
     config = ModelConfig(preset=args.preset)
     model = Transformer.init(config, key=jax.random.PRNGKey(0))
@@ -128,6 +135,20 @@ def main() -> None:
     base = results["adamw"]
     for label, t in results.items():
         print(f"  {label:15s} {t * 1e3:8.2f} ms   x{t / base:5.2f} AdamW")
+    print_distances(args.steps)
+
+
+def print_distances(steps: int) -> None:
+    """Part 3 of the module docstring."""
+    import numpy as np
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (64, 112), jnp.float32)
+    u, _, vt = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
+    polar = u @ vt
+    print(f"\n3. Distance of {steps} Newton-Schulz steps (float32) to the polar factor of a 64x112 matrix")
+    for name in NS_PRESETS:
+        y = np.asarray(newton_schulz(x, coefficients=name, steps=steps, dtype=jnp.float32), np.float64)
+        print(f"  {name:14s} {np.linalg.norm(y - polar) / np.linalg.norm(polar):.3f}")
 
 
 if __name__ == "__main__":

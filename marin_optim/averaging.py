@@ -14,11 +14,17 @@ parameters, each update moves the average by optax's ``incremental_update`` (as 
 
 ``ema``: ``alpha_t = 1 - beta``: an exponential moving average (Polyak-Ruppert averaging with
 forgetting). ``ema_decay_sqrt``: raw weights ``w_t = 1 - beta`` before ``switch_step``, then
-``1 - sqrt(min(1, (t - switch_step) / decay_steps))``, and ``alpha_t = w_t / sum_{s<=t} w_s``:
-the weight of new parameters decays to 0 and the average freezes (EMA, then the 1-sqrt cooldown
-of Hägele et al., 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training
-Durations", https://arxiv.org/abs/2405.18392). Both are jit-safe in ``t``: Levanter's own
-``ema_decay_sqrt`` branches on the step in Python and fails inside its jitted train step.
+``1 - sqrt(min(1, (t - switch_step) / decay_steps))``, and ``alpha_t = w_t / sum_{s<=t} w_s``,
+Levanter's rule: equal weights before ``switch_step`` make the average the running mean of every
+parameter so far (``beta`` sets their weight against the later ones', 1 at the switch), then the
+weight of new parameters decays to 0 and the average freezes (the 1-sqrt cooldown of Hägele et
+al., 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations",
+https://arxiv.org/abs/2405.18392). Both are jit-safe in ``t``: Levanter's own ``ema_decay_sqrt``
+branches on the step in Python and fails inside its jitted train step.
+
+The average of a parameter in a lower precision than float32 (bfloat16) is kept in float32: in
+bfloat16, ``0.999 avg`` rounds to ``avg`` and an update of ``0.001 p`` rounds away, so the
+average would not move.
 """
 
 from __future__ import annotations
@@ -89,7 +95,7 @@ class ParameterAverage(NamedTuple):
     def start(params: Any) -> ParameterAverage:
         """``avg = params``, no weight taken in yet, no update counted."""
         return ParameterAverage(
-            params=jax.tree.map(lambda p: jnp.array(p, copy=True), params),
+            params=jax.tree.map(_accumulator, params),
             total_weight=jnp.zeros([], jnp.float32),
             count=jnp.zeros([], jnp.int32),
         )
@@ -132,10 +138,11 @@ class EmaConfig(ModelAveragingConfig):
 @ModelAveragingConfig.register_subclass("ema_decay_sqrt")
 @dataclass(frozen=True)
 class EmaDecaySqrtConfig(ModelAveragingConfig):
-    """EMA until ``switch_step``, then weights ``1 - sqrt(x)`` decaying to 0 over ``decay_steps``."""
+    """Levanter's: the running mean until ``switch_step``, then weights ``1 - sqrt(x)`` decaying to
+    0 over ``decay_steps`` (module docstring)."""
 
     beta: float = 0.999
-    """EMA weight of the previous average before switch_step."""
+    """Before switch_step every update's raw weight is ``1 - beta`` (against 1 at the switch)."""
     switch_step: int = 100_000
     """Update at which the weights start to decay."""
     decay_steps: int = 100_000
@@ -157,6 +164,13 @@ class EmaDecaySqrtConfig(ModelAveragingConfig):
         total = average.total_weight + w
         alpha = jnp.where(total > 0, w / jnp.where(total > 0, total, 1.0), 0.0)
         return ParameterAverage(_moved(average.params, params, alpha), total, average.count + 1)
+
+
+def _accumulator(p: jax.Array) -> jax.Array:
+    """A copy of ``p`` to average into: float32 where ``p`` is a narrower float (module docstring)."""
+    if jnp.issubdtype(p.dtype, jnp.floating) and jnp.finfo(p.dtype).bits < 32:
+        return p.astype(jnp.float32)
+    return jnp.array(p, copy=True)
 
 
 def _moved(average: Any, params: Any, alpha: Any) -> Any:

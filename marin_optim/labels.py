@@ -447,7 +447,7 @@ class ParamLabeler:
             core = 2 + parent.num_spatial_dims
             lead = len(leaf.shape) - core
             axes = MatrixAxes.of(leaf.shape, tuple(range(lead + 1, lead + core)), lead)
-            return label("matrix", axes, "equinox Conv (kernel flattened into fan-in)")
+            return label("head" if is_head else "matrix", axes, "equinox Conv (kernel flattened into fan-in)")
 
         # 3. embeddings
         if isinstance(parent, (hnn.Embedding, eqx.nn.Embedding)) and attr == "weight":
@@ -472,12 +472,20 @@ class ParamLabeler:
 
     @staticmethod
     def _batch_axes(leaf: _Leaf) -> tuple[int, ...]:
-        """Layer axes of haliax ``Stacked`` / ``ArrayStacked`` modules above this leaf."""
+        """Layer axes of haliax ``Stacked`` / ``ArrayStacked`` modules above this leaf: a named
+        array's by the layer axis's name; a plain array's leading ones, one per stacking module
+        (haliax's ``vmap`` puts the layer axis of an unnamed output first, the outermost first)."""
         batch: list[int] = []
+        plain = 0
         for node, _ in leaf.ancestors:
-            if isinstance(node, hnn.Stacked) and leaf.names is not None and node.Block.name in leaf.names:
+            if not isinstance(node, (hnn.Stacked, hnn.ArrayStacked)) or not leaf.shape:
+                continue
+            if leaf.names is None:
+                batch.append(plain)
+                plain += 1
+            elif isinstance(node, hnn.Stacked) and node.Block.name in leaf.names:
                 batch.append(leaf.names.index(node.Block.name))
-            elif isinstance(node, hnn.ArrayStacked) and leaf.shape:
+            elif isinstance(node, hnn.ArrayStacked):
                 batch.append(0)
         return tuple(sorted(set(batch)))
 

@@ -108,3 +108,17 @@ def test_levanters_interface_takes_its_step_and_is_jit_safe():
         average = update(average, model, jnp.asarray(t))
         seen.append(np.asarray(model["w"]))
     np.testing.assert_allclose(average.model_params["w"], _written("sqrt", seen, 0.5, 2, 3), rtol=1e-6)
+
+
+def test_a_bfloat16_parameters_average_moves_and_is_kept_in_float32():
+    # 1,000 updates toward 2.0 from 1.0 with beta 0.999: 2 - exp(-1) = 1.632 (in bfloat16 the
+    # average would round back to 1.0 at every step)
+    from marin_optim.averaging import ParameterAverage
+
+    start = ParameterAverage.start({"w": jnp.ones(4, jnp.bfloat16)})
+    assert start.params["w"].dtype == jnp.float32
+    target = {"w": jnp.full(4, 2.0, jnp.bfloat16)}
+    step = jax.jit(lambda avg: EmaConfig(beta=0.999).step(avg, target))
+    avg = jax.lax.fori_loop(0, 1000, lambda _, a: step(a), start)
+    np.testing.assert_allclose(np.asarray(avg.params["w"]), 2.0 - 0.999**1000, rtol=1e-4)
+    assert avg.eval_params(target)["w"].dtype == jnp.bfloat16

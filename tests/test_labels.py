@@ -87,6 +87,31 @@ def test_haliax_multi_axis_linear_stacked_embedding_and_head() -> None:
     assert head.kind == "head" and head.axes.fan_in_size == 8 and head.axes.fan_out_size == 32
 
 
+class GatedBlock(eqx.Module):
+    gate: jax.Array  # a plain per-layer vector: under Stacked it gains a leading layer axis
+    mix: jax.Array  # a plain per-layer matrix
+
+    @staticmethod
+    def init(*, key: jax.Array) -> GatedBlock:
+        return GatedBlock(jnp.ones(8), jax.random.normal(key, (8, 16)))
+
+
+def test_plain_arrays_under_stacked_keep_their_layer_axis_as_batch() -> None:
+    stacked = jax.eval_shape(
+        lambda: hnn.Stacked.init(Layers, GatedBlock)(key=jax.random.split(jax.random.PRNGKey(0), 3))
+    )
+    labels = by_path(ParamLabeler().labels({"layers": stacked}))
+    gate, mix = labels["layers.stacked.gate"], labels["layers.stacked.mix"]
+    assert gate.shape == (3, 8) and gate.kind == "vector"  # not a (layers x 8) matrix
+    assert mix.kind == "matrix" and mix.axes.batch_shape == (3,)
+    assert (mix.axes.fan_in_size, mix.axes.fan_out_size) == (8, 16)
+
+
+def test_a_conv_named_like_a_head_is_a_head() -> None:
+    conv = eqx.filter_eval_shape(lambda: eqx.nn.Conv1d(4, 6, kernel_size=3, key=jax.random.PRNGKey(0)))
+    assert by_path(ParamLabeler().labels({"head": conv}))["head.weight"].kind == "head"
+
+
 def test_equinox_tree() -> None:
     k = jax.random.split(jax.random.PRNGKey(1), 4)
 

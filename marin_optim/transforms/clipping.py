@@ -16,7 +16,8 @@ from marin_optim.transforms.skipping import materialize_on_cpu
 
 
 class ClipByGlobalNormState(NamedTuple):
-    """Holds the global gradient norm seen by the latest update (before clipping)."""
+    """Holds the global gradient norm seen by the latest update (before clipping); under the
+    non-finite guard, by the latest applied one (a skipped step's state is reverted whole)."""
 
     grad_norm: jax.Array
 

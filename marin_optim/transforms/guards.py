@@ -16,7 +16,7 @@ class GuardState(NamedTuple):
     """State of :func:`skip_step_guard`: the inner state plus rolling windows and counters."""
 
     inner_state: Any
-    losses: jax.Array  # [window] float32 ring buffer of accepted (finite) losses
+    losses: jax.Array  # [window] float32 ring buffer of the finite losses (spikes included)
     grad_norms: jax.Array  # [window] float32 ring buffer of their gradient norms
     recorded: jax.Array  # int32: entries written so far (saturates at window)
     next_index: jax.Array  # int32: ring-buffer write position
@@ -60,11 +60,11 @@ def skip_step_guard(
 
     - ``skip_nonfinite`` and the loss (if passed) or the global gradient norm is NaN/inf; or
     - ``skip_spikes`` and, once at least ``max(2, window // 2)`` steps are known (counting the
-      current one) and at least two of them are previous accepted steps (an unbiased standard
+      current one) and at least two of them are previous finite steps (an unbiased standard
       deviation needs two samples), ``loss - mean > sigma * std`` or
       ``grad_norm - mean' > sigma * std'``, with mean and unbiased std over the up-to-``window``
-      previous accepted steps. So the rule never decides on fewer than
-      ``max(2, window // 2 - 1)`` previous steps, whatever ``window`` is.
+      previous finite steps (a skipped spike included, as in OLMo-core). So the rule never
+      decides on fewer than ``max(2, window // 2 - 1)`` previous steps, whatever ``window`` is.
 
     The spike rule is OLMo-core's ``SkipStepOptimizer`` (rolling interval 128, sigma 6; see also
     Chowdhery et al., 2022, PaLM, section 5.1, on skipping around loss spikes). One deliberate
@@ -112,7 +112,7 @@ def skip_step_guard(
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss32)
 
         bad = jnp.logical_not(finite) if skip_nonfinite else jnp.zeros((), jnp.bool_)
-        loss_z = grad_z = jnp.zeros((), jnp.float32)
+        loss_z, grad_z = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)  # two buffers (donation)
         if skip_spikes:
             valid = jnp.arange(size) < state.recorded
             # OLMo-core's threshold, counting the current step; for windows below 6 it would
