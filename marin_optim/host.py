@@ -13,8 +13,7 @@ speedrun scripts run as programs) re-execute themselves with the tunable added t
 ``GLIBC_TUNABLES`` before anything else happens (:func:`reexec_with_malloc_hugepages`), where it
 helps: Linux, glibc >= 2.35, transparent huge pages in ``madvise`` mode (``always`` already
 covers these mappings; ``never`` cannot). ``MARIN_OPTIM_MALLOC_HUGEPAGES=0`` keeps the process
-as started. Measured in ``benchmarks/xla_cpu_fusion.py --compare hugepages`` (README,
-Performance).
+as started. Measured in ``benchmarks/xla_cpu_fusion.py --compare hugepages`` (``docs/performance.md``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The one process setup every entry point calls, and what it gave this process.
 
-Two process-wide settings make training on XLA:CPU faster (measured in the README's
-Performance section); neither changes results beyond float32 rounding:
+Two process-wide settings make training on XLA:CPU faster (measured in
+``docs/performance.md``); neither changes results beyond float32 rounding:
 
 - XLA:CPU's multi-output fusion (:mod:`marin_optim.xla`), read once, when JAX starts its CPU
   backend; with it, optimizers with a one-pass rule (``OptimizerConfig.update_path: auto``) update

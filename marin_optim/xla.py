@@ -15,7 +15,7 @@ outputs. Two consequences matter here:
   one-pass rule the clipped gradient ``g * scale`` (read by both moments) becomes such a
   temporary, so its isolated optimizer step with clipping is slower than without the pass.
 
-Measured side by side in ``benchmarks/xla_cpu_fusion.py`` (README, Performance). Results agree
+Measured side by side in ``benchmarks/xla_cpu_fusion.py`` (``docs/performance.md``). Results agree
 to float32 rounding, not bitwise (loops are vectorized differently).
 
 ``marin-optim speedrun`` and ``compare`` switch it on for their own process unless
