@@ -64,6 +64,25 @@ def test_bad_values_name_the_field_value_and_rule(kwargs, field, allowed):
         assert repr(kwargs[field]) in msg
 
 
+@pytest.mark.parametrize(
+    "name, fields, match",
+    [
+        (
+            "ademamix",
+            {"beta1": 0.0, "alpha_beta3_warmup": 10},
+            r"ademamix\.beta1=0\.0: must be > 0 with alpha_beta3",
+        ),
+        ("ademamix", {"beta3": 0.0, "alpha_beta3_warmup": 0.1}, r"ademamix\.beta3=0\.0: must be > 0"),
+        ("cautious", {"epsilon": 0.0}, r"cautious\.epsilon=0\.0: must be > 0"),
+        ("dion", {"seed": -1}, r"dion\.seed=-1: must be an int >= 0"),
+    ],
+)
+def test_fields_an_optimizer_divides_by_or_takes_logs_of(name, fields, match):
+    with pytest.raises(ConfigError, match=match):
+        OptimizerConfig.from_dict({"type": name, **fields})
+    assert OptimizerConfig.from_dict({"type": name, **{k: v for k, v in fields.items() if "warmup" in k}})
+
+
 def test_levanters_zero_max_grad_norm_is_no_clip():
     """Levanter writes ``max_grad_norm: 0.0`` for no clip (``if self.max_grad_norm:``)."""
     params = {"w": jnp.zeros((3,))}

@@ -269,6 +269,23 @@ def test_layouts_in_the_state():
     assert weight == [(3, 2, 256, 256)]  # 3 layers; 16x24 merged to 384, cut into 2 blocks
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_mapping_the_blocks_a_few_at_a_time_changes_nothing_but_memory(batch):
+    # lax_map_scanned_layers maps the same per-block update over the blocks, a few at a time
+    params = {"w": jnp.zeros((48, 40)), "v": jnp.zeros(7)}
+    grads = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(p.size), p.shape), params)
+    common = dict(block_size=16, target_merged_dim_size=16, preconditioner_update_probability=1.0, warmup=0)
+    outs = []
+    for mapped in (False, True):
+        tx = KronConfig(**common, lax_map_scanned_layers=mapped, lax_map_batch_size=batch).build(10)
+        state = tx.init(params)
+        for _ in range(3):
+            updates, state = tx.update(grads, state, params)
+        outs.append(updates)
+    for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize(
     "fields, match",
     [

@@ -174,6 +174,21 @@ def test_common_fields_belong_to_the_base():
         _cls("sam")(max_grad_norm=0.5)
 
 
+def test_a_perturbed_gradient_that_is_not_finite_falls_back_to_the_plain_one():
+    # the loss overflows at w + e (which the guard, seeing only g, cannot know): a plain step
+    from marin_optim.transforms.sam import sam_gradient
+
+    def overflowing(p):
+        return jnp.sum(p["w"] ** 2 * jnp.where(p["w"] > 0.5, jnp.inf, 1.0))  # an inf gradient there
+
+    params = {"w": jnp.asarray([0.4, 0.1])}
+    grads = jax.grad(overflowing)(params)
+    tx = sam_gradient(rho=0.2)  # e = 0.2 g / ||g||: w[0] + e[0] > 0.5
+    updates, state = tx.update(grads, tx.init(params), params, obj_fn=overflowing)
+    np.testing.assert_array_equal(np.asarray(updates["w"]), np.asarray(grads["w"]))
+    assert not np.isfinite(float(state.perturbed_grad_norm))  # logged as it was
+
+
 def test_invalid_values_are_rejected():
     with pytest.raises(ConfigError, match="rho"):
         _cls("sam")(rho=0.0)

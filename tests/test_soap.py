@@ -247,3 +247,15 @@ def test_eight_device_update_equals_one_device():
     for leaf, r in result.items():
         assert r["norm"] > 0, (leaf, r)
         assert r["rel_err"] < SHARDED_TOLERANCE, (leaf, r)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_a_scalar_parameter_is_a_one_vector(merge):
+    # a 0-d leaf (a learned temperature, a gate) has one value: preconditioned as a 1-vector,
+    # its update and second moment keep its shape
+    params = {"w": jnp.ones((8, 8)), "s": jnp.ones(()), "v": jnp.ones(5)}
+    tx = SoapConfig(merge_small_dims=merge, warmup=0).build(10)
+    state = tx.init(params)
+    for _ in range(3):
+        updates, state = tx.update(jax.tree.map(lambda x: 0.1 * x, params), state, params)
+    assert updates["s"].shape == () and np.isfinite(float(updates["s"])) and float(updates["s"]) < 0

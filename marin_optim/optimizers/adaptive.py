@@ -197,6 +197,13 @@ class AdEMAMixConfig(OptimizerConfig):
         check_range(self, "beta3", 0.0, 1.0, hi_open=True)
         check_range(self, "alpha", 0.0)
         check_duration(self, "alpha_beta3_warmup", allow_none=True)
+        if self.alpha_beta3_warmup is not None:  # its beta3 warmup interpolates log(beta)s
+            for name in ("beta1", "beta3"):
+                if getattr(self, name) == 0:
+                    raise ConfigError(
+                        f"{self._where(name)}=0.0: must be > 0 with alpha_beta3_warmup (its beta3 warmup "
+                        "runs between log(beta1) and log(beta3))"
+                    )
 
     def hyperparameter_schedules(self, num_train_steps: int) -> dict[str, Any]:
         out = super().hyperparameter_schedules(num_train_steps)
@@ -355,6 +362,8 @@ class CautiousConfig(OptimizerConfig):
 
     def validate(self) -> None:
         super().validate()
+        if not self.epsilon > 0:  # the rescaling divides by mean(phi) + epsilon, which can be 0 + 0
+            raise ConfigError(f"{self._where('epsilon')}={self.epsilon!r}: must be > 0")
         if self.gamma != _CAUTIOUS_GAMMA:
             raise ConfigError(
                 f"{self._where('gamma')}={self.gamma!r}: Levanter's cautious declares gamma but never "

@@ -65,6 +65,7 @@ class DionConfig(MatrixAdamWConfig):
         check_range(self, "rank_fraction", 0.0, 1.0, lo_open=True)
         check_int(self, "rank_multiple_of")
         check_range(self, "dion_epsilon", 0.0)
+        check_int(self, "seed", 0)
 
     @property
     def branches(self) -> dict[str, str]:

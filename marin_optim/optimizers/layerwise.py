@@ -70,6 +70,7 @@ class LARSConfig(OptimizerConfig):
     https://arxiv.org/abs/1708.03888, Algorithm 1)::
 
         r = trust_coefficient ||p|| / (||g + wd p|| + epsilon) (g + wd p)
+                                  (ratio 1, not trust_coefficient, where either norm is 0)
         b = momentum b + r   (nesterov: u = r + momentum b, else u = b);   p = p - lr u
 
     ``optax.lars``'s pieces, with the momentum before the learning rate (torch's SGD

@@ -75,7 +75,11 @@ def scale_by_ademamix(
 
 
 def ademamix_alpha_schedule(alpha: float, warmup: int | None) -> optax.Schedule:
-    """``alpha_t = min(t alpha / T, alpha)`` over ``T = warmup`` steps (constant without warmup)."""
+    """``alpha_t = min(t alpha / T, alpha)`` over ``T = warmup`` steps (constant without warmup).
+
+    ``t`` is the step count before the update, from 0, as for every schedule here and optax's
+    AdEMAMix; the paper's Algorithm 1 counts from 1, so its warmups run one step ahead of these
+    (``alpha_1 = alpha / T`` there, 0 here)."""
     if not warmup:
         return optax.constant_schedule(alpha)
     return lambda step: jnp.minimum(jnp.asarray(step, jnp.float32) * alpha / warmup, alpha)

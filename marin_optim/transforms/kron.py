@@ -265,11 +265,10 @@ def scale_by_kron(
         gathered by :func:`spread_blocks`); ``lax_map_scanned_layers`` maps them
         ``lax_map_batch_size`` at a time instead of all at once (Levanter maps a stacked leaf's
         layers; either way only the peak memory changes)."""
-        fn = jax.vmap(fn)
-        if lax_map_scanned_layers:
+        if lax_map_scanned_layers:  # lax.map applies fn to one block (vmapping a batch of them)
             size = lax_map_batch_size if lax_map_batch_size > 1 else None
             return lambda *xs: jax.lax.map(lambda a: fn(*a), xs, batch_size=size)
-        return fn
+        return jax.vmap(fn)
 
     def init_fn(params):
         ls, batch = layouts(params)

@@ -49,7 +49,10 @@ def sam_gradient(
     Norms are global over all leaves. The parameters are never modified (functional code has
     nothing to restore): the optimizer that follows steps from ``w`` with ``g'``. Chain it before
     the base optimizer. The trainer must pass ``obj_fn`` to ``update``; without it the first
-    update fails (at trace time) with a message saying so. The state logs ``||g'||``.
+    update fails (at trace time) with a message saying so. The state logs ``||g'||``. A ``g'``
+    that is not finite (the loss overflowing at ``w + e``, which the non-finite guard, seeing
+    only ``g``, cannot catch) is replaced by ``g`` for that step: a plain step of the base
+    optimizer, the logged norm showing the NaN/inf.
     """
 
     def init_fn(params: optax.Params) -> SamState:
@@ -72,10 +75,12 @@ def sam_gradient(
             perturbation = jax.tree.map(lambda g: factor * g, updates)
         perturbed = jax.tree.map(lambda p, e: p + e.astype(p.dtype), params, perturbation)
         new_grads = jax.grad(obj_fn)(perturbed)
-        new_grads = jax.tree.map(lambda ng, g: ng.astype(g.dtype), new_grads, updates)
         new_norm = global_norm(new_grads)
+        # the guard upstream saw only g: a g' that is not finite falls back to g (a plain step)
+        finite = jnp.isfinite(new_norm)
+        new_grads = jax.tree.map(lambda ng, g: jnp.where(finite, ng.astype(g.dtype), g), new_grads, updates)
         if max_norm is not None:
-            scale = jnp.minimum(1.0, max_norm / new_norm)
+            scale = jnp.minimum(1.0, max_norm / jnp.where(finite, new_norm, global_norm(updates)))
             new_grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), new_grads)
         return new_grads, SamState(new_norm)
 

@@ -198,7 +198,7 @@ def scale_by_soap(
         out = []
         for i, (x, nb) in enumerate(zip(leaves, batch, strict=True)):
             layout = soap_layout(
-                x.shape[nb:],
+                tuple(x.shape[nb:]) or (1,),  # a scalar as a 1-vector
                 max_precond_dim=max_precond_dim,
                 one_diag=one_diag,
                 merge_dims=merge_dims,
@@ -301,8 +301,8 @@ def scale_by_soap(
             for (u, v, fs, qs), lay, nb, g in zip(
                 spread_blocks(step, items, leads), ls, batch, grads, strict=True
             ):
-                outs.append((from_stack(u, lay, nb) * bc).astype(g.dtype))
-                new_nu.append(from_stack(v, lay, nb))
+                outs.append((from_stack(u, lay, nb) * bc).reshape(g.shape).astype(g.dtype))
+                new_nu.append(from_stack(v, lay, nb).reshape(g.shape))
                 new_f.append(fs)
                 new_q.append(qs)
             return jax.tree.unflatten(treedef, outs), ScaleBySoapState(
