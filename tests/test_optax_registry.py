@@ -190,8 +190,11 @@ def test_a_scheduled_weight_decay_reaches_optax():
     cfg = reg.optax_config(
         "adamw", weight_decay=0.1, weight_decay_end=0.0, weight_decay_schedule="linear", **CONSTANT
     )
-    _, state = _ours(cfg)
-    assert float(hyperparams(state)["weight_decay"]) < 0.1
+    params, state = _ours(cfg)
+    # the value injected for the last update (count STEPS - 1) of a linear 0.1 -> 0 over 20 steps
+    assert float(hyperparams(state)["weight_decay"]) == pytest.approx(0.1 * (1 - (STEPS - 1) / 20))
+    constant, _ = _ours(reg.optax_config("adamw", weight_decay=0.1, **CONSTANT))
+    assert not np.allclose(np.asarray(params["w"]), np.asarray(constant["w"]), rtol=0, atol=1e-7)
 
 
 def test_learning_rates_read_at_init_are_the_peak():

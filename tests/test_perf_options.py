@@ -277,10 +277,7 @@ def _buffers(tree):
 def test_state_can_be_donated(name):
     """No two state leaves, and no state leaf and parameter, share a buffer (XLA refuses to
     donate one buffer twice, and trainers donate both)."""
-    try:
-        tx = OptimizerConfig.get_choice_class(name)().build(10)
-    except (ConfigError, TypeError) as e:
-        pytest.skip(f"{name} cannot be built with defaults: {e}")
+    tx = OptimizerConfig.get_choice_class(name)().build(10)  # every optimizer builds with its defaults
     params = {
         "embed": jnp.ones((16, 8)),
         "layer": {"w": jnp.ones((8, 8)), "norm": jnp.ones((8,))},

@@ -767,3 +767,39 @@ def test_schedule_can_be_built_inside_a_trace_and_injected():
         _, state = tx.update(jnp.ones(()), state, params)
         seen.append(float(state.hyperparams["learning_rate"]))
     np.testing.assert_allclose(seen, np.asarray(cosine(jnp.arange(6))), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "schedule, at_end",
+    [
+        ({"type": "cosine_linear_decay", "decay_min_lr": 2e-3}, 2e-3),
+        ({"type": "power_lr", "decay_min_lr": 2e-3}, 2e-3),
+        ({"type": "wsds", "decay_min_lr": 2e-3}, 2e-3),
+        (
+            {
+                "type": "sequential",
+                "schedules": ["constant", "constant"],
+                "lengths": [50],
+                "override_decay": {"start": 80, "duration": 10, "end_lr": 2e-3},
+            },
+            2e-3,
+        ),
+    ],
+)
+def test_a_second_branch_shares_the_whole_shape_its_absolute_rates_scaled(schedule, at_end):
+    # Muon's AdamW branch at adam_lr = lr / 10: every absolute rate of the schedule scales too
+    from marin_optim import AdamConfig
+
+    cfg = AdamConfig(learning_rate=2e-2, lr_schedule=schedule, warmup=0.1)
+    main, branch = cfg.lr_scheduler(100), cfg.lr_scheduler(100, override_lr=2e-3)
+    assert float(main(100)) == pytest.approx(at_end, rel=1e-5)
+    for step in (0, 5, 30, 60, 85, 100):
+        assert float(branch(step)) == pytest.approx(float(main(step)) / 10, rel=1e-5)
+
+
+def test_an_exponential_schedules_floor_scales_with_a_second_branch():
+    from marin_optim import AdamConfig
+
+    cfg = AdamConfig(learning_rate=2e-2, lr_schedule={"type": "exponential", "lr_min": 1e-3})
+    branch = cfg.lr_scheduler(100, override_lr=6e-4)  # below lr_min: scaled, not refused
+    assert float(branch(0)) == pytest.approx(1e-3 * 6e-4 / 2e-2, rel=1e-5)

@@ -244,7 +244,18 @@ def test_bare_and_adam_without_decay(forced, monkeypatch):
         monkeypatch.setattr(single_pass, "single_pass_active", lambda: False)
         chain = _run(cfg)
         monkeypatch.setattr(single_pass, "single_pass_active", lambda: True)
+        # each run took the path it names, and they agree on every leaf, moments included
+        assert (hyperparams(fused[-1][1])["one_pass"], hyperparams(chain[-1][1])["one_pass"]) == (1.0, 0.0)
         np.testing.assert_allclose(fused[-1][0]["w"], chain[-1][0]["w"], rtol=1e-5)
+        moments = [
+            np.sort(np.ravel(x)) for x in jax.tree.leaves(fused[-1][1]) if np.ndim(x) and np.size(x) > 1
+        ]
+        others = [
+            np.sort(np.ravel(x)) for x in jax.tree.leaves(chain[-1][1]) if np.ndim(x) and np.size(x) > 1
+        ]
+        assert len(moments) == len(others) > 0
+        for a, b in zip(sorted(moments, key=np.sum), sorted(others, key=np.sum), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
 
 
 @dataclass(frozen=True)

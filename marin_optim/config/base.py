@@ -270,8 +270,9 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
         """The learning-rate schedule over ``num_train_steps`` (Levanter's signature).
 
         ``override_lr`` reuses the same shape with another peak (e.g. Muon's separate Adam LR);
-        an absolute ``min_lr`` and ``warmup_init_lr`` are scaled by the same factor so that the
-        shape, not just the peak, is shared.
+        every absolute learning rate of the schedule (``min_lr``, ``warmup_init_lr``, and the
+        schedule's own: ``decay_min_lr``, ``lr_min``, ``end_lr``) is scaled by the same factor,
+        so that the shape, not just the peak, is shared.
         """
         return build_lr_schedule(self.lr_schedule, self.schedule_context(num_train_steps, override_lr))
 
@@ -295,6 +296,7 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
             cycle_length=self.cycle_length,
             units=self.schedule_units,
             tokens_per_step=self.tokens_per_step,
+            lr_scale=factor,
         )
 
     def weight_decay_scheduler(self, num_train_steps: int) -> optax.Schedule | float:

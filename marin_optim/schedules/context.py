@@ -76,6 +76,11 @@ class ScheduleContext:
     """Unit of integer durations: "steps" or "tokens"."""
     tokens_per_step: int | None = None
     """Tokens per optimizer step; needed with units="tokens" (and by the ``power`` shape)."""
+    lr_scale: float = 1.0
+    """The factor on a schedule's own absolute learning rates (``decay_min_lr``, ``lr_min``,
+    ``end_lr``): ``peak_lr`` over the config's learning rate when a second branch (Muon's
+    AdamW, Scion's signum) shares the schedule's shape at its own peak; ``min_lr`` and
+    ``warmup_init_lr`` above are given scaled already."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cycles", _as_tuple(self.cycles))

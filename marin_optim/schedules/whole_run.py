@@ -127,7 +127,7 @@ class CosineLinearDecaySchedule(ScheduleConfig):
         _no_cycles(self, ctx)
         n, w, d = self._plan(ctx)
         peak, lo, init = float(ctx.peak_lr), ctx.floor, float(ctx.warmup_init_lr)
-        end = lo if self.decay_min_lr is None else float(self.decay_min_lr)
+        end = lo if self.decay_min_lr is None else float(self.decay_min_lr) * ctx.lr_scale
         span = float(max(n - w, 1))
 
         def cosine(step: Any) -> jax.Array:
@@ -170,12 +170,14 @@ class ExponentialSchedule(ScheduleConfig):
 
     def build(self, ctx: ScheduleContext) -> optax.Schedule:
         _no_cycles(self, ctx)
-        if self.lr_min >= ctx.peak_lr:
+        lr_min = self.lr_min * ctx.lr_scale
+        if lr_min >= ctx.peak_lr:
             raise ConfigError(
-                f"{self._where('lr_min')}={self.lr_min!r}: must be below the peak LR {ctx.peak_lr!r}"
+                f"{self._where('lr_min')}={self.lr_min!r}: must be below the peak LR "
+                f"{ctx.peak_lr / ctx.lr_scale!r}"
             )
         n = float(ctx.num_train_steps)
-        log_lo, log_hi = math.log(self.lr_min), math.log(ctx.peak_lr)
+        log_lo, log_hi = math.log(lr_min), math.log(ctx.peak_lr)
 
         def schedule(step: Any) -> jax.Array:
             r = jnp.minimum(_t(step), n) / n
@@ -219,7 +221,7 @@ class PowerLRSchedule(ScheduleConfig):
         _no_cycles(self, ctx)
         n, w, d = self._plan(ctx)
         peak, init, b = float(ctx.peak_lr), float(ctx.warmup_init_lr), float(self.b)
-        end = ctx.floor if self.decay_min_lr is None else float(self.decay_min_lr)
+        end = ctx.floor if self.decay_min_lr is None else float(self.decay_min_lr) * ctx.lr_scale
 
         def power(step: Any) -> jax.Array:
             return jnp.float32(peak) * (jnp.maximum(_t(step), float(w)) / float(w)) ** b
@@ -343,7 +345,7 @@ class WSDSSchedule(ScheduleConfig):
 
     def build(self, ctx: ScheduleContext) -> optax.Schedule:
         peak, init = float(ctx.peak_lr), float(ctx.warmup_init_lr)
-        end = ctx.floor if self.decay_min_lr is None else float(self.decay_min_lr)
+        end = ctx.floor if self.decay_min_lr is None else float(self.decay_min_lr) * ctx.lr_scale
         pieces: list[ScheduleFn] = []
         starts: list[int] = []
         last = 0
@@ -525,7 +527,7 @@ class SequentialSchedule(ScheduleConfig):
         od = self.override_decay
         assert od is not None
         begin = _host_value(main, start)
-        end = floor if od.end_lr is None else float(od.end_lr)
+        end = floor if od.end_lr is None else float(od.end_lr) * ctx.lr_scale
         tail = _anneal("linear" if od.shape == "linear" else "cosine", begin, end, duration)
         return _f32(_join([main, tail], [0, start]))
 
