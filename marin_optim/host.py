@@ -86,7 +86,8 @@ def malloc_hugepages(env: Mapping[str, str] | None = None, mode: str | None = No
     mode = thp_mode() if mode is None else mode
     if mode == "always":
         return True
-    return mode == "madvise" and _tunables(env.get("GLIBC_TUNABLES", "")).get(TUNABLE) in ("1", "2")
+    # 2 asks for hugetlbfs pages (MAP_HUGETLB), which need pages reserved, not transparent ones
+    return mode == "madvise" and _tunables(env.get("GLIBC_TUNABLES", "")).get(TUNABLE) == "1"
 
 
 def reexec_reason(env: Mapping[str, str] | None = None, mode: str | None = None) -> str | None:
@@ -106,6 +107,9 @@ def reexec_reason(env: Mapping[str, str] | None = None, mode: str | None = None)
         return f"transparent huge pages are {mode or 'unavailable'}"
     if malloc_hugepages(env, mode):
         return "already on"
+    chosen = _tunables(env.get("GLIBC_TUNABLES", "")).get(TUNABLE)
+    if chosen is not None:  # the user's own choice stays
+        return f"GLIBC_TUNABLES sets {TUNABLE}={chosen}"
     return None
 
 

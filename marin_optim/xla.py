@@ -27,7 +27,7 @@ backends ignore the option (GPU XLA has its own multi-output fusion, always on).
 from __future__ import annotations
 
 import os
-import shlex
+import re
 
 from marin_optim.host import switched_off
 
@@ -38,13 +38,14 @@ ENV_SWITCH = "MARIN_OPTIM_CPU_MULTI_OUTPUT_FUSION"
 """Set to 0/false/no/off to keep the CLI from switching the pass on."""
 
 
+_EXTRA_OPTIONS = re.compile(rf"(?:^|\s){re.escape(EXTRA_OPTIONS_FLAG)}=(\S*)")
+"""An ``--xla_backend_extra_options=...`` token of ``XLA_FLAGS`` (its value holds no space)."""
+
+
 def _extra_options(flags: str) -> list[str]:
     """The keys (``key`` or ``key=value``) of the last ``--xla_backend_extra_options`` in ``flags``."""
-    options: list[str] = []
-    for token in shlex.split(flags):
-        if token.startswith(EXTRA_OPTIONS_FLAG + "="):
-            options = [o for o in token.split("=", 1)[1].split(",") if o]
-    return options
+    found = _EXTRA_OPTIONS.findall(flags)
+    return [o for o in found[-1].split(",") if o] if found else []
 
 
 def with_multi_output_fusion(flags: str) -> str:
@@ -57,9 +58,10 @@ def with_multi_output_fusion(flags: str) -> str:
     options = _extra_options(flags)
     if any(o.split("=", 1)[0] == MULTI_OUTPUT_FUSION for o in options):
         return flags
-    kept = [t for t in shlex.split(flags) if not t.startswith(EXTRA_OPTIONS_FLAG + "=")]
-    kept.append(f"{EXTRA_OPTIONS_FLAG}={','.join([*options, MULTI_OUTPUT_FUSION])}")
-    return shlex.join(kept)
+    # the other flags stay as written: XLA splits XLA_FLAGS itself and stops, silently, at a token
+    # that does not start with "-" (shlex's quoting of a ".*" would make one)
+    kept = " ".join(_EXTRA_OPTIONS.sub(" ", flags).split())
+    return f"{kept} {EXTRA_OPTIONS_FLAG}={','.join([*options, MULTI_OUTPUT_FUSION])}".strip()
 
 
 def cpu_multi_output_fusion_enabled(flags: str | None = None) -> bool:

@@ -28,6 +28,11 @@ KEY = xla.MULTI_OUTPUT_FUSION
             f"--xla_dump_to=/tmp/d --xla_backend_extra_options=a=1,b,{KEY}",
         ),
         (f"--xla_backend_extra_options=x,{KEY}", f"--xla_backend_extra_options=x,{KEY}"),
+        # the user's flags as written, unquoted ('--xla_dump_hlo_pass_re=.*' would end XLA's parse)
+        (
+            "--xla_dump_to=/tmp/d --xla_dump_hlo_pass_re=.*",
+            f"--xla_dump_to=/tmp/d --xla_dump_hlo_pass_re=.* --xla_backend_extra_options={KEY}",
+        ),
     ],
 )
 def test_flag_is_added_once_keeping_other_flags(flags, expected):

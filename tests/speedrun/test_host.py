@@ -41,6 +41,7 @@ def test_switched_off_reads_the_usual_words():
         (ON, "madvise", True),
         ("", "madvise", False),
         (f"{host.TUNABLE}=0", "madvise", False),
+        (f"{host.TUNABLE}=2", "madvise", False),  # hugetlbfs pages, not transparent ones
         ("", "always", True),
         (ON, "never", False),
         (ON, None, False),
@@ -66,6 +67,8 @@ def test_reasons_not_to_reexecute():
         return
     assert host.reexec_reason({}, mode="madvise") is None
     assert host.reexec_reason({"GLIBC_TUNABLES": ON}, mode="madvise") == "already on"
+    off = {"GLIBC_TUNABLES": f"{host.TUNABLE}=0"}  # the user's explicit choice is kept
+    assert host.reexec_reason(off, mode="madvise") == f"GLIBC_TUNABLES sets {host.TUNABLE}=0"
     assert host.reexec_reason({}, mode="always") == "transparent huge pages are always"
     assert host.reexec_reason({}, mode="never") == "transparent huge pages are never"
 
