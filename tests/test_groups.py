@@ -159,3 +159,38 @@ def test_groups_on_a_haliax_module_by_path_and_class_name():
     assert isinstance(new["proj"].weight, hax.NamedArray)
     assert float(hyperparams(state)["norms/learning_rate"]) == pytest.approx(1e-3)
     assert float(hyperparams(state)["learning_rate"]) == pytest.approx(6e-4)
+
+
+def test_the_parameter_table_gives_each_branch_and_a_wrappers_base_its_rates():
+    from marin_optim import OptimizerConfig
+    from marin_optim.speedrun import ModelConfig
+    from marin_optim.speedrun.trainer import abstract_params
+
+    params = abstract_params(ModelConfig())
+
+    def rows(spec: dict) -> dict[str, list[str]]:  # path -> [group, learning_rate, weight_decay]
+        table = OptimizerConfig.from_dict(spec).param_table(params).split("\n\n")[0]
+        return {line.split()[0]: line.split()[2:5] for line in table.splitlines()[1:-1]}
+
+    # Muon: the matrices at learning_rate without decay, the rest at adam_lr with adam_weight_decay
+    muon = rows(
+        {
+            "type": "muon",
+            "learning_rate": 0.02,
+            "adam_lr": 3e-3,
+            "weight_decay": 0.0,
+            "adam_weight_decay": 0.1,
+        }
+    )
+    assert muon["layers.stacked.mlp.up_proj.weight"] == ["default", "0.02", "-"]
+    assert muon["lm_head.weight"] == ["default", "0.003", "0.1"]
+    assert muon["final_norm.weight"] == ["default", "0.003", "-"]  # the default mask skips norms
+    # Scion's sign steps at a quarter of its rate
+    assert rows({"type": "scion", "learning_rate": 0.02})["embed.weight"][1] == "0.005"
+    # a wrapper's table is its base's, groups included
+    base = {
+        "type": "adamw",
+        "learning_rate": 3e-3,
+        "group_overrides": [{"params": ["lm_head*"], "lr_multiplier": 0.5, "name": "head"}],
+    }
+    assert rows({"type": "cautious_wrapper", "base": base})["lm_head.weight"][:2] == ["head", "0.0015"]

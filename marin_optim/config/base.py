@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import draccus
+import jax
 import optax
 import yaml
 
@@ -395,6 +396,15 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
     def describe_params(self, params: Any) -> list[tuple[str, str, bool]]:
         """``(path, group, decayed)`` for every parameter leaf: what this config does to a model."""
         return _groups.describe_params(self, params)
+
+    def peak_rates(self, params: Any) -> dict[str, tuple[float | str, float]]:
+        """Per parameter path: the peak learning rate and weight decay this config (not a group
+        of it) gives the parameter; matrix optimizers give each branch's own. What
+        :meth:`param_table` shows."""
+        from marin_optim.params import is_leaf, leaf_paths
+
+        paths = jax.tree.leaves(leaf_paths(params), is_leaf=is_leaf)
+        return dict.fromkeys(paths, (self.learning_rate, self.weight_decay))
 
     def param_table(self, params: Any) -> str:
         """A printable table of what this config does to each parameter of ``params``: path, shape,

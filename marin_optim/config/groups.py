@@ -177,6 +177,7 @@ def describe_params(cfg: OptimizerConfig, params: Any) -> list[tuple[str, str, b
         else jax.tree.map(lambda _: DEFAULT_GROUP, params, is_leaf=is_leaf)
     )
     configs = {DEFAULT_GROUP: cfg, **{g.name: g.config for g in groups}}
+    rates = {name: group_cfg.peak_rates(params) for name, group_cfg in configs.items()}
     rows = []
     paths = jax.tree.leaves(leaf_paths(params), is_leaf=is_leaf)
     label_list = jax.tree.leaves(labels, is_leaf=is_leaf)
@@ -191,7 +192,10 @@ def describe_params(cfg: OptimizerConfig, params: Any) -> list[tuple[str, str, b
     for i, (path, label) in enumerate(zip(paths, label_list, strict=True)):
         if values[i] is None:  # an absent submodule (e.g. a bias the model does not use)
             continue
-        decayed = bool(decay_by_group[label][i]) and configs[label].uses_weight_decay
+        group_cfg = configs[label]  # decayed where the mask says and its rule's decay is on
+        decayed = bool(decay_by_group[label][i]) and (
+            rates[label][path][1] > 0 or bool(group_cfg.weight_decay_end)
+        )
         rows.append((path, label, decayed))
     return rows
 
@@ -207,16 +211,17 @@ def param_table(cfg: OptimizerConfig, params: Any) -> str:
     from marin_optim.params import is_leaf
 
     configs = {DEFAULT_GROUP: cfg, **{g.name: g.config for g in parameter_groups(cfg)}}
+    rates = {name: group_cfg.peak_rates(params) for name, group_cfg in configs.items()}
     # NamedArray.shape is a dict of axis sizes; the array underneath has the plain shape.
     leaves = jax.tree.leaves(params, is_leaf=is_leaf)
     shapes = [tuple(getattr(x, "array", x).shape) for x in leaves if x is not None]
     described = list(zip(describe_params(cfg, params), shapes, strict=True))
     rows = [("path", "shape", "group", "learning_rate", "weight_decay")]
     for (path, group, decayed), x in described:
-        group_cfg = configs[group]
-        decay = f"{group_cfg.weight_decay:g}" if decayed else "-"
+        lr, wd = rates[group][path]
+        decay = f"{wd:g}" if decayed else "-"
         shape = "x".join(map(str, x)) or "()"
-        rows.append((path, shape, group, f"{group_cfg.learning_rate:g}", decay))
+        rows.append((path, shape, group, lr if isinstance(lr, str) else f"{lr:g}", decay))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, [*widths, 0], strict=True)).rstrip() for r in rows]
     decayed_values = sum(math.prod(x) for (_, _, decayed), x in described if decayed)

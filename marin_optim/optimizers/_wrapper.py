@@ -167,3 +167,19 @@ class WrapperConfig(OptimizerConfig):
     def uses_weight_decay(self) -> bool:
         delegate = self._delegate()
         return super().uses_weight_decay if delegate is None else delegate.uses_weight_decay
+
+    def parameter_groups(self) -> list[Any]:
+        delegate = self._delegate()
+        return super().parameter_groups() if delegate is None else delegate.parameter_groups()
+
+    def peak_rates(self, params: Any) -> dict[str, tuple[float | str, float]]:
+        delegate = self._delegate()
+        return super().peak_rates(params) if delegate is None else delegate.peak_rates(params)
+
+    def describe_params(self, params: Any) -> list[tuple[str, str, bool]]:
+        delegate = self._delegate()
+        return super().describe_params(params) if delegate is None else delegate.describe_params(params)
+
+    def param_table(self, params: Any) -> str:
+        delegate = self._delegate()
+        return super().param_table(params) if delegate is None else delegate.param_table(params)

@@ -67,6 +67,12 @@ class DionConfig(MatrixAdamWConfig):
         check_range(self, "dion_epsilon", 0.0)
         check_int(self, "seed", 0)
 
+    def branch_rates(self) -> dict[str, tuple[float | str, float]]:
+        rates = super().branch_rates()
+        if self.scale_head_lr:
+            rates["lm_head"] = (f"{self.learning_rate:g}/sqrt(fan_in)", self.weight_decay)
+        return rates
+
     @property
     def branches(self) -> dict[str, str]:
         return dict(self.BRANCHES) if self.scale_head_lr else {**self.BRANCHES, "head": "adam"}

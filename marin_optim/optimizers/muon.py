@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import jax
 import optax
 
 from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
-from marin_optim.labels import ParamLabeler
+from marin_optim.labels import ParamLabel, ParamLabeler
 from marin_optim.transforms.cautious_weight_decay import add_decayed_weights
 from marin_optim.transforms.clipping import clip_by_global_norm
 from marin_optim.transforms.muon import scale_by_muon, scale_by_normuon
@@ -74,6 +75,17 @@ class MatrixOptimizerConfig(OptimizerConfig):
     def branches(self) -> dict[str, str]:
         """Which ``multi_transform`` branch updates each kind of parameter."""
         return dict(self.BRANCHES)
+
+    def branch_rates(self) -> dict[str, tuple[float | str, float]]:
+        """Each branch's peak learning rate and weight decay: the matrix rule's (this config's)
+        unless a subclass gives a branch its own."""
+        return {branch: (self.learning_rate, self.weight_decay) for branch in self.branches.values()}
+
+    def peak_rates(self, params: PyTree) -> dict[str, tuple[float | str, float]]:
+        """Per parameter path, its branch's :meth:`branch_rates`."""
+        rates = self.branch_rates()
+        labels = jax.tree.leaves(self.labeler().labels(params), is_leaf=lambda x: isinstance(x, ParamLabel))
+        return {lab.path: rates[self.branches[lab.kind]] for lab in labels if isinstance(lab, ParamLabel)}
 
     def describe_labels(self, params: PyTree) -> str:
         """A printable table: every parameter's kind, the branch that updates it, its matrix view."""
@@ -154,6 +166,9 @@ class MatrixAdamWConfig(MatrixOptimizerConfig):
         super().validate()
         check_positive(self, "adam_lr")
 
+    def branch_rates(self) -> dict[str, tuple[float | str, float]]:
+        return {**super().branch_rates(), "adam": (self.adam_lr, self.weight_decay)}
+
     def hyperparameter_schedules(self, num_train_steps: int) -> dict[str, Any]:
         schedules = super().hyperparameter_schedules(num_train_steps)
         schedules["adam_learning_rate"] = self.lr_scheduler(num_train_steps, override_lr=self.adam_lr)
@@ -221,6 +236,10 @@ class AdamWFallbackConfig(MatrixAdamWConfig):
         if self.adam_weight_decay is not None:
             schedules["adam_weight_decay"] = self.adam_weight_decay
         return schedules
+
+    def branch_rates(self) -> dict[str, tuple[float | str, float]]:
+        decay = self.weight_decay if self.adam_weight_decay is None else self.adam_weight_decay
+        return {**super().branch_rates(), "adam": (self.adam_lr, decay)}
 
     def adam_weight_decay_step(self, hp: Mapping[str, Any]) -> list[optax.GradientTransformation]:
         """The AdamW branch's decay: at ``adam_weight_decay`` when set (off at 0), else as the matrices'."""

@@ -80,6 +80,12 @@ class ScionConfig(MatrixOptimizerConfig):
         check_unread_lr(self, "spectral (matrix)")
         check_range(self, "scion_epsilon", 0.0)
 
+    def branch_rates(self) -> dict[str, tuple[float | str, float]]:
+        return {
+            **super().branch_rates(),
+            "signum": (self.learning_rate * self.scion_to_signum_lr, self.weight_decay),
+        }
+
     def hyperparameter_schedules(self, num_train_steps: int) -> dict[str, Any]:
         schedules = super().hyperparameter_schedules(num_train_steps)
         signum_peak = self.learning_rate * self.scion_to_signum_lr
