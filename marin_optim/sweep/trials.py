@@ -129,7 +129,7 @@ def run_trial(base: dict[str, Any], trial: Trial, run_dir: str) -> dict[str, Any
             info = run_speedrun(cfg, log=lambda msg: print(msg, file=log, flush=True)).run_info
         except NonFiniteError as e:
             return {**row, "status": "failed", "reason": str(e).split(";")[0], "eval_loss": math.inf}
-    if not math.isfinite(info["eval_loss"]):  # the guard watches training; a NaN evaluation loses too
+    if not math.isfinite(info["eval_loss"]):  # run_speedrun refuses a non-finite end; should one come
         return {**row, "status": "failed", "reason": f"eval loss {info['eval_loss']}", "eval_loss": math.inf}
     return {
         **row,
