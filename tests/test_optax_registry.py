@@ -382,3 +382,9 @@ def test_return_annotations_that_make_a_factory():
     assert check(optax.GradientTransformationExtraArgs | None)
     assert check("optax.GradientTransformation") and check("base.GradientTransformationExtraArgs")
     assert not check(float) and not check("Schedule") and not check(optax.Schedule)
+
+
+def test_a_tuple_parameter_keeps_its_defaults_length():
+    # optax.contrib.muon checks ns_coeffs only when it first runs: refused here, naming the field
+    with pytest.raises(ConfigError, match=r"optax_muon\.ns_coeffs=\[\]: must hold 3 numbers"):
+        reg.optax_config("muon", ns_coeffs=())

@@ -51,7 +51,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -257,6 +257,9 @@ def _field_type(param: inspect.Parameter) -> tuple[Any, Any] | str:
         return (str | None, None if required else _dtype_name(default))
     if default is None or required:
         return _AMBIGUOUS.get(param.name, UNLISTED)
+    annotation = param.annotation
+    if typing.get_origin(annotation) is Literal and default in typing.get_args(annotation):
+        return (annotation, default)  # its choices, checked when the config is made
     return _typed_by_default(default)
 
 
@@ -461,6 +464,13 @@ class OptaxConfig(OptimizerConfig):
                     raise ConfigError(
                         f"{where}.{p.field}={value!r}: not a dtype name (e.g. 'float32', 'bfloat16')"
                     ) from None
+        for p in spec.params:  # a tuple (betas, Newton-Schulz coefficients) keeps its default's length
+            value = getattr(self, p.field)
+            if isinstance(p.default, tuple) and isinstance(value, tuple) and len(value) != len(p.default):
+                raise ConfigError(
+                    f"{where_of(self, p.field)}={list(value)!r}: must hold {len(p.default)} numbers, as "
+                    f"optax's default {list(p.default)!r}"
+                )
         bounds = _LOWER_BOUNDS.get(spec.name, {})
         for p in spec.params:
             if p.name in bounds:
