@@ -168,6 +168,14 @@ def _scaled_with_the_group(cfg: OptimizerConfig, opts: Mapping[str, Any], where:
 
 def describe_params(cfg: OptimizerConfig, params: Any) -> list[tuple[str, str, bool]]:
     """``(path, group, decayed)`` for every parameter leaf: what this config does to a model."""
+    return [(path, group, decayed) for path, group, decayed, _ in _described(cfg, params)[0]]
+
+
+def _described(
+    cfg: OptimizerConfig, params: Any
+) -> tuple[list[tuple[str, str, bool, tuple[float | str, float]]], list[str]]:
+    """``([(path, group, decayed, (peak learning rate, weight decay))], group names)``: one
+    pass of labelling for :func:`describe_params` and :func:`param_table`."""
     from marin_optim.params import is_leaf, leaf_paths
 
     groups = parameter_groups(cfg)
@@ -196,8 +204,8 @@ def describe_params(cfg: OptimizerConfig, params: Any) -> list[tuple[str, str, b
         decayed = bool(decay_by_group[label][i]) and (
             rates[label][path][1] > 0 or bool(group_cfg.weight_decay_end)
         )
-        rows.append((path, label, decayed))
-    return rows
+        rows.append((path, label, decayed, rates[label][path]))
+    return rows, list(configs)
 
 
 def param_table(cfg: OptimizerConfig, params: Any) -> str:
@@ -210,24 +218,22 @@ def param_table(cfg: OptimizerConfig, params: Any) -> str:
     """
     from marin_optim.params import is_leaf
 
-    configs = {DEFAULT_GROUP: cfg, **{g.name: g.config for g in parameter_groups(cfg)}}
-    rates = {name: group_cfg.peak_rates(params) for name, group_cfg in configs.items()}
+    described_rows, groups = _described(cfg, params)
     # NamedArray.shape is a dict of axis sizes; the array underneath has the plain shape.
     leaves = jax.tree.leaves(params, is_leaf=is_leaf)
     shapes = [tuple(getattr(x, "array", x).shape) for x in leaves if x is not None]
-    described = list(zip(describe_params(cfg, params), shapes, strict=True))
+    described = list(zip(described_rows, shapes, strict=True))
     rows = [("path", "shape", "group", "learning_rate", "weight_decay")]
-    for (path, group, decayed), x in described:
-        lr, wd = rates[group][path]
+    for (path, group, decayed, (lr, wd)), x in described:
         decay = f"{wd:g}" if decayed else "-"
         shape = "x".join(map(str, x)) or "()"
         rows.append((path, shape, group, lr if isinstance(lr, str) else f"{lr:g}", decay))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, [*widths, 0], strict=True)).rstrip() for r in rows]
-    decayed_values = sum(math.prod(x) for (_, _, decayed), x in described if decayed)
+    decayed_values = sum(math.prod(x) for (_, _, decayed, _), x in described if decayed)
     total = sum(math.prod(x) for x in shapes)
     lines.append(
         f"{len(shapes)} parameters ({total:,} values), weight decay on {decayed_values:,} values"
-        + (f"; groups: {', '.join(configs)}" if len(configs) > 1 else "")
+        + (f"; groups: {', '.join(groups)}" if len(groups) > 1 else "")
     )
     return "\n".join(lines)

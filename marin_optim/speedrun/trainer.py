@@ -702,11 +702,10 @@ def _finish(
     config.yaml and results.json (in that order, results last)."""
     cfg, t, plan, dataset = setup.cfg, setup.cfg.train, setup.plan, setup.dataset
     curve, log = trainer.metrics.curve, trainer.metrics.log
-    final_eval = (
-        curve.eval_loss[-1] if curve.eval_steps and curve.eval_steps[-1] == t.num_train_steps else math.nan
-    )
-    final_eval = _from_main(final_eval)  # the main process alone read a resumed run's history
-    if math.isnan(final_eval):  # resumed at the very end: evaluate what was restored (every process)
+    known = bool(curve.eval_steps) and curve.eval_steps[-1] == t.num_train_steps
+    # the main process alone read a resumed run's history: every process takes its answer
+    known, final_eval = _from_main(known, curve.eval_loss[-1] if known else math.nan)
+    if not known:  # resumed at the very end: evaluate what was restored (every process)
         final_eval = trainer.evals.evaluate(t.num_train_steps, state)
     if not math.isfinite(final_eval):  # diverged with the guard off: a good result stays
         log.close()
@@ -842,13 +841,14 @@ def _data_seed(cfg: SpeedrunConfig) -> int:
     return cfg.train.seed if cfg.data.seed is None else cfg.data.seed
 
 
-def _from_main(value: float) -> float:
-    """``value`` as the main process has it, on every process."""
+def _from_main(known: bool, value: float) -> tuple[bool, float]:
+    """``(known, value)`` as the main process has them, on every process."""
     if jax.process_count() == 1:
-        return value
+        return known, value
     from jax.experimental import multihost_utils
 
-    return float(multihost_utils.broadcast_one_to_all(np.float64(value)))
+    flag, number = multihost_utils.broadcast_one_to_all(np.array([float(known), value], np.float64))
+    return bool(flag), float(number)
 
 
 def _sync(name: str) -> None:
