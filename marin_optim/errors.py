@@ -42,6 +42,17 @@ def decode_config(cls: type[T], data: Any) -> T:
         raise ConfigError(" ".join(str(e).split())) from None
 
 
+def yaml_value(where: str, text: str) -> Any:
+    """``text`` read as YAML (a command-line value), or a one-line ``ConfigError`` naming ``where``."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"{where}: {text!r} is not a YAML value ({problem})") from None
+
+
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Returns ``" (did you mean 'x'?)"``-style text for the closest choices, or ``""``.
 

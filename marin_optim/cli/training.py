@@ -35,7 +35,9 @@ def _print_help(verb: str) -> None:
             "[--output_dir DIR] [speedrun options]\n\n"
             "Runs the same speedrun once per optimizer and writes one table and one plot.\n"
             "  e.g. marin-optim compare adamw lion:learning_rate=3e-4 --train.num_train_steps 200\n"
-            "--optimizer.FIELD VALUE applies to every optimizer; speedrun options follow:\n"
+            "Values are YAML, bracketed commas kept: 'lion:lr_schedule={type: wsd, decay_fraction: 0.2}'.\n"
+            "--optimizer.FIELD VALUE applies to every optimizer, under each one's own fields\n"
+            "(dotted for a nested config: --optimizer.lr_schedule.type wsd); speedrun options follow:\n"
         )
     if verb == "sweep":
         print(SWEEP_USAGE)
@@ -178,14 +180,17 @@ def compare_main(argv: list[str]) -> int:
         return 0
 
     def body() -> None:
-        import yaml
-
-        from marin_optim.speedrun.compare import DEFAULT_OUTPUT_DIR, parse_optimizer_spec, run_compare
+        from marin_optim.speedrun.compare import (
+            DEFAULT_OUTPUT_DIR,
+            parse_optimizer_spec,
+            run_compare,
+            yaml_value,
+        )
 
         specs, options, shared_raw, rest = split_compare_argv(argv)
         if not specs:
             raise ConfigError("compare: name at least one optimizer, e.g. `marin-optim compare adamw lion`")
-        shared = {k: yaml.safe_load(v) for k, v in shared_raw.items()}
+        shared = {k: yaml_value(f"compare: --optimizer.{k}", v) for k, v in shared_raw.items()}
         optimizers = [parse_optimizer_spec(spec, shared) for spec in specs]
         target = _number(options, "target_loss", float, None)
         base = _parse(rest)
@@ -212,7 +217,8 @@ centred there.
 runs on XLA:CPU, kept to its own share of its node's CPUs).
 Interrupted: run the same command again; a trial is never run twice.
   e.g. marin-optim sweep adamw lion --grid learning_rate=1e-3,3e-3,1e-2 --train.num_train_steps 200
---optimizer.FIELD VALUE sets a field of every optimizer that has it; speedrun options follow:
+--optimizer.FIELD VALUE sets a field of every optimizer that has it (dotted for a nested config:
+--optimizer.lr_schedule.type wsd; a field none of them has is refused); speedrun options follow:
 """
 
 SWEEP_OPTIONS = (
@@ -248,8 +254,7 @@ def sweep_main(argv: list[str]) -> int:
         return 0
 
     def body() -> None:
-        import yaml
-
+        from marin_optim.errors import yaml_value
         from marin_optim.sweep import DEFAULT_OUTPUT_DIR, make_spec, run_sweep
 
         names, options, grids, starts, shared_raw, rest = split_sweep_argv(argv)
@@ -261,7 +266,7 @@ def sweep_main(argv: list[str]) -> int:
         except ValueError:
             raise ConfigError(f"--lengths={lengths_text!r}: expected whole numbers like 1,2,4") from None
         baseline = options.get("baseline", "adamw")
-        force = str(yaml.safe_load(options.get("force", "false"))).lower()
+        force = str(yaml_value("sweep: --force", options.get("force", "false"))).lower()
         if force not in ("true", "false"):
             raise ConfigError(f"--force={options['force']!r}: expected true or false")
         spec = make_spec(
@@ -270,7 +275,7 @@ def sweep_main(argv: list[str]) -> int:
             fields=[f.strip() for f in options["fields"].split(",") if f.strip()]
             if "fields" in options
             else None,
-            shared={k: yaml.safe_load(v) for k, v in shared_raw.items()},
+            shared={k: yaml_value(f"sweep: --optimizer.{k}", v) for k, v in shared_raw.items()},
             seeds=_number(options, "seeds", int, 3),
             threshold=_number(options, "threshold", float, 0.005),
             max_rounds=_number(options, "max_rounds", int, 3),

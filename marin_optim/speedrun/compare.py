@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from marin_optim.config import OptimizerConfig
-from marin_optim.errors import ConfigError
+from marin_optim.config.base import apply_dotted
+from marin_optim.errors import ConfigError, yaml_value
 from marin_optim.speedrun import results as res
 from marin_optim.speedrun.config import SpeedrunConfig
 from marin_optim.speedrun.plots import Curve, plot_curves, smooth
@@ -54,18 +53,41 @@ class CompareResult:
     output_dir: Path
 
 
+def _top_level_items(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets: ``"a=1,s={type: wsd, decay: 0.2}"`` -> 2 items."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return items
+
+
 def parse_optimizer_spec(spec: str, shared: dict[str, Any] | None = None) -> tuple[str, OptimizerConfig]:
-    """``"lion"`` or ``"lion:learning_rate=3e-4,beta2=0.98"`` -> (label, config)."""
+    """``"lion"`` or ``"lion:learning_rate=3e-4,beta2=0.98"`` -> (label, config).
+
+    A value is YAML and may hold commas inside brackets: ``"lion:lr_schedule={type: wsd, decay: 0.2}"``.
+    ``shared`` (the command line's ``--optimizer.FIELD``) applies to every spec, under the spec's own
+    fields; a dotted key sets a field of a nested config (``lr_schedule.decay_fraction``).
+    """
     name, _, rest = spec.partition(":")
     if not name:
         raise ConfigError(f"compare: {spec!r}: expected NAME or NAME:field=value,...")
-    fields: dict[str, Any] = dict(shared or {})
+    fields = apply_dotted({}, shared or {}, "compare: --optimizer: ")
     if rest:
-        for item in rest.split(","):
+        for item in _top_level_items(rest):
             key, eq, value = item.partition("=")
+            key = key.strip()
             if not eq or not key:
                 raise ConfigError(f"compare: {spec!r}: {item!r} is not field=value")
-            fields[key.strip()] = yaml.safe_load(value)
+            fields = apply_dotted(
+                fields, {key: yaml_value(f"{spec!r}: {key}", value)}, f"compare: {spec!r}: "
+            )
     cls = OptimizerConfig.get_choice_class(name)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in fields:

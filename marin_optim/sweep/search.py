@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from marin_optim.config import OptimizerConfig
-from marin_optim.errors import ConfigError
+from marin_optim.config.base import apply_dotted
+from marin_optim.errors import ConfigError, did_you_mean
 from marin_optim.speedrun import results as res
 from marin_optim.speedrun.config import SpeedrunConfig
 from marin_optim.sweep.grids import MAX_EXTENSIONS, beyond, check_value, near
@@ -293,22 +294,33 @@ def optimizer_specs(
 
     An optimizer starts from its defaults, or, with ``start`` (directories such as other sweeps'
     ``best/``), from the optimizer section of the first ``DIR/NAME.yaml`` that exists (a speedrun
-    config, as ``--config_path`` reads it; its other sections are not used). ``shared`` fields are
-    then set where the optimizer has them."""
+    config, as ``--config_path`` reads it; its other sections are not used). ``shared`` fields
+    (``--optimizer.FIELD``, dotted for a nested config) are then set where the optimizer has them;
+    one that none of them has is refused, with close matches."""
+    classes = {name: OptimizerConfig.get_choice_class(name) for name in names}
+    fields = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in classes.items()}
+    anyone = set().union(*fields.values())
+    for key in shared:
+        top = key.split(".")[0]
+        if top not in anyone:
+            raise ConfigError(
+                f"--optimizer.{key}: none of {', '.join(names)} has a field {top!r}"
+                f"{did_you_mean(top, anyone)}"
+            )
     out: dict[str, OptimizerConfig] = {}
     origins: dict[str, str] = {}
-    for name in names:
-        cls = OptimizerConfig.get_choice_class(name)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        mine = {k: v for k, v in shared.items() if k in fields}
+    for name, cls in classes.items():
+        mine = {k: v for k, v in shared.items() if k.split(".")[0] in fields[name]}
         path = next((p for p in (Path(d) / f"{name}.yaml" for d in start) if p.is_file()), None)
+        begun = _started_from(path, name, cls) if path is not None else None
+        if begun is not None and not mine:
+            out[name] = begun
+        else:
+            data = begun.to_dict() if begun is not None else {"type": name}
+            out[name] = OptimizerConfig.from_dict(apply_dotted(data, mine, "--optimizer: "))
         if path is not None:
-            begun = _started_from(path, name, cls)
-            out[name] = OptimizerConfig.from_dict({**begun.to_dict(), **mine}) if mine else begun
             origins[name] = str(path)
-            continue
-        out[name] = OptimizerConfig.from_dict({"type": name, **mine})
-        if start:
+        elif start:
             origins[name] = f"its defaults (no {name}.yaml in {', '.join(map(str, start))})"
     return out, origins
 

@@ -109,6 +109,27 @@ def test_compare_argument_parsing():
     assert compare_main(["--train.num_train_steps", "5"]) == 2
 
 
+def test_a_compare_spec_value_may_hold_commas_inside_brackets():
+    label, cfg = parse_optimizer_spec(
+        "lion:learning_rate=1e-3,lr_schedule={type: wsd, decay_fraction: 0.2},beta2=0.9"
+    )
+    assert (cfg.learning_rate, cfg.beta2) == (1e-3, 0.9)
+    assert type(cfg.lr_schedule).__name__ == "WSDSchedule" and cfg.lr_schedule.decay_fraction == 0.2
+    assert "," not in label and " " not in label
+    with pytest.raises(ConfigError, match=r"lr_schedule: .* is not a YAML value"):
+        parse_optimizer_spec("lion:lr_schedule={type: wsd, decay_fraction: 0.2")
+    # a shared --optimizer.lr_schedule.FIELD sets a field of the nested schedule, under the spec's own
+    shared = {"lr_schedule.type": "wsd", "lr_schedule.decay_fraction": 0.3}
+    _, cfg = parse_optimizer_spec("adamw:lr_schedule.decay_fraction=0.1", shared)
+    assert type(cfg.lr_schedule).__name__ == "WSDSchedule" and cfg.lr_schedule.decay_fraction == 0.1
+    _, cfg = parse_optimizer_spec("lion", shared)
+    assert cfg.lr_schedule.decay_fraction == 0.3
+    with pytest.raises(ConfigError, match=r"'lr_schedule\.decay_fraction' sets a field of 'lr_schedule'"):
+        parse_optimizer_spec("lion:lr_schedule=cosine,lr_schedule.decay_fraction=0.1")
+    # bad YAML in a shared override: one line, exit 2
+    assert compare_main(["adamw", "--optimizer.warmup", "{a", "--train.num_train_steps", "2"]) == 2
+
+
 def test_steps_to_target_uses_the_smoothed_training_loss():
     c = Curve(train_steps=[1, 2, 3, 4], train_loss=[4.0, 3.0, 1.0, 1.0])
     # EMA (alpha 0.1, bias-corrected): 4.0, 3.47, 2.55, 2.09

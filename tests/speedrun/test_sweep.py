@@ -19,6 +19,7 @@ from speedrun_helpers import REPO, TINY_ARGS, tiny_config
 
 from marin_optim.config import OptimizerConfig
 from marin_optim.errors import ConfigError
+from marin_optim.schedules import parse_schedule
 from marin_optim.sweep import make_spec, run_sweep, steps_to_reach
 from marin_optim.sweep.grids import (
     MAX_EXTENSIONS,
@@ -108,6 +109,22 @@ def write_start(directory, name: str, **fields: Any) -> None:
     (directory / f"{name}.yaml").write_text(
         tiny_config(directory / "unused").replace(optimizer=opt).to_yaml()
     )
+
+
+def test_shared_optimizer_fields_may_be_nested_and_one_no_optimizer_has_is_refused(tmp_path):
+    start = tmp_path / "best"
+    write_start(start, "adamw", learning_rate=0.002, lr_schedule={"type": "wsd", "decay_fraction": 0.1})
+    shared = {"lr_schedule.type": "wsd", "lr_schedule.decay_fraction": 0.3, "adam_lr": 0.01}
+    spec = make_spec(["muon"], start=start, shared=shared)
+    adamw, muon = spec.optimizers["adamw"], spec.optimizers["muon"]
+    # the started config keeps its own fields, the nested one set; adam_lr only where it is a field
+    assert adamw.learning_rate == 0.002
+    assert adamw.lr_schedule == parse_schedule({"type": "wsd", "decay_fraction": 0.3})
+    assert muon.adam_lr == 0.01 and not hasattr(adamw, "adam_lr") and muon.lr_schedule == adamw.lr_schedule
+    with pytest.raises(ConfigError, match=r"--optimizer\.warmpu: none of muon, adamw has .*'warmup'"):
+        make_spec(["muon"], shared={"warmpu": 0.1})
+    with pytest.raises(ConfigError, match=r"'lr_schedule\.decay_fraction' sets a field of 'lr_schedule'"):
+        make_spec(["lion"], shared={"lr_schedule": "cosine", "lr_schedule.decay_fraction": 0.3})
 
 
 def test_start_takes_each_optimizer_from_its_file_and_centres_its_grids_there(tmp_path):
