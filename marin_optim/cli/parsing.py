@@ -20,6 +20,7 @@ from draccus import cfgparsing
 from draccus import utils as draccus_utils
 
 from marin_optim.config import OptimizerConfig
+from marin_optim.config.base import merged
 from marin_optim.errors import ConfigError, config_error_in, did_you_mean
 from marin_optim.registry import NamedRegistry, field_defaults
 
@@ -250,16 +251,7 @@ def _draccus_tree(config_path: str | None, overrides: dict[str, str]) -> dict[st
     if config_path is not None:
         with open(config_path, encoding="utf-8") as f:
             tree = cfgparsing.load_config(f, file=config_path) or {}
-    return _merged(tree, draccus_utils.deflatten(values, sep="."))
-
-
-def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base``; mappings in both merged key by key, anything else replaced."""
-    out = dict(base)
-    for key, value in top.items():
-        both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merged(out[key], value) if both else value
-    return out
+    return merged(tree, draccus_utils.deflatten(values, sep="."))
 
 
 def run_guarded(label: str, body: Callable[[], int | None], *, interrupted: str = "interrupted") -> int:

@@ -439,26 +439,21 @@ class OptimizerConfig(NamedRegistry, draccus.ChoiceRegistry):
         return cls.from_dict(yaml.safe_load(text) or {})
 
 
-def apply_dotted(data: Mapping[str, Any], overrides: Mapping[str, Any], where: str = "") -> dict[str, Any]:
-    """``data`` (a config as :meth:`OptimizerConfig.to_dict` writes it) with ``overrides`` set; a
-    dotted key sets a field of a nested config (``lr_schedule.decay_fraction``), as draccus's
-    ``--optimizer.lr_schedule.decay_fraction`` does. ``where`` prefixes the error of a key whose
-    parent is given as a scalar (``lr_schedule: cosine``)."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = out
-        for i, part in enumerate(parents):
-            child = node.get(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(
-                    f"{where}{key!r} sets a field of {'.'.join(parents[: i + 1])!r}, which is given as "
-                    f"{child!r}; give it as a mapping ({{type: ..., ...}})"
-                )
-            node[part] = child = dict(child)
-            node = child
-        node[leaf] = value
+def merged(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base`` (config trees); mappings in both merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = merged(out[key], value) if both else value
     return out
+
+
+def apply_dotted(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` (a config as :meth:`OptimizerConfig.to_dict` writes it) with ``overrides`` set, as
+    the command line sets them: a dotted key sets a field of a nested config
+    (``lr_schedule.decay_fraction``), and a nested config given by name (``lr_schedule: cosine``)
+    is replaced by the mapping."""
+    return merged(data, draccus.utils.deflatten(dict(overrides), sep="."))
 
 
 def _check_levanter_deprecated(cfg: OptimizerConfig) -> None:

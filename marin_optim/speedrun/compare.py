@@ -78,16 +78,14 @@ def parse_optimizer_spec(spec: str, shared: dict[str, Any] | None = None) -> tup
     name, _, rest = spec.partition(":")
     if not name:
         raise ConfigError(f"compare: {spec!r}: expected NAME or NAME:field=value,...")
-    fields = apply_dotted({}, shared or {}, "compare: --optimizer: ")
+    fields = apply_dotted({}, shared or {})
     if rest:
         for item in _top_level_items(rest):
             key, eq, value = item.partition("=")
             key = key.strip()
             if not eq or not key:
                 raise ConfigError(f"compare: {spec!r}: {item!r} is not field=value")
-            fields = apply_dotted(
-                fields, {key: yaml_value(f"{spec!r}: {key}", value)}, f"compare: {spec!r}: "
-            )
+            fields = apply_dotted(fields, {key: yaml_value(f"compare: {spec!r}: {key}", value)})
     cls = OptimizerConfig.get_choice_class(name)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in fields:

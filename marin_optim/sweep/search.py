@@ -317,7 +317,7 @@ def optimizer_specs(
             out[name] = begun
         else:
             data = begun.to_dict() if begun is not None else {"type": name}
-            out[name] = OptimizerConfig.from_dict(apply_dotted(data, mine, "--optimizer: "))
+            out[name] = OptimizerConfig.from_dict(apply_dotted(data, mine))
         if path is not None:
             origins[name] = str(path)
         elif start:

@@ -124,7 +124,10 @@ def test_a_compare_spec_value_may_hold_commas_inside_brackets():
     assert type(cfg.lr_schedule).__name__ == "WSDSchedule" and cfg.lr_schedule.decay_fraction == 0.1
     _, cfg = parse_optimizer_spec("lion", shared)
     assert cfg.lr_schedule.decay_fraction == 0.3
-    with pytest.raises(ConfigError, match=r"'lr_schedule\.decay_fraction' sets a field of 'lr_schedule'"):
+    # a schedule given by name is replaced by the mapping, as on the speedrun's command line
+    _, cfg = parse_optimizer_spec("lion:lr_schedule=cosine,lr_schedule.type=wsd")
+    assert type(cfg.lr_schedule).__name__ == "WSDSchedule"
+    with pytest.raises(ConfigError, match="schedule 'cosine' has no field 'decay_fraction'"):
         parse_optimizer_spec("lion:lr_schedule=cosine,lr_schedule.decay_fraction=0.1")
     # bad YAML in a shared override: one line, exit 2
     assert compare_main(["adamw", "--optimizer.warmup", "{a", "--train.num_train_steps", "2"]) == 2
