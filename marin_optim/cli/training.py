@@ -180,12 +180,8 @@ def compare_main(argv: list[str]) -> int:
         return 0
 
     def body() -> None:
-        from marin_optim.speedrun.compare import (
-            DEFAULT_OUTPUT_DIR,
-            parse_optimizer_spec,
-            run_compare,
-            yaml_value,
-        )
+        from marin_optim.errors import yaml_value
+        from marin_optim.speedrun.compare import DEFAULT_OUTPUT_DIR, parse_optimizer_spec, run_compare
 
         specs, options, shared_raw, rest = split_compare_argv(argv)
         if not specs:
