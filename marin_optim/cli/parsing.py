@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import draccus
-import yaml
 from draccus import cfgparsing
 from draccus import utils as draccus_utils
 
@@ -69,13 +68,19 @@ def _split_argv(argv: Sequence[str]) -> tuple[str | None, dict[str, str]]:
 
 
 def load_yaml(path: str) -> dict[str, Any]:
+    """The config file as draccus reads it (its loader: ``!include other.yaml`` is read, relative to
+    the file), or a one-line ``ConfigError``."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config_path={path!r}: no such file")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else "invalid YAML"
+        with p.open(encoding="utf-8") as f:
+            data = cfgparsing.load_config(f, file=path)
+    except draccus_utils.ParsingError as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, OSError):  # an !include names a file that cannot be read
+            raise ConfigError(f"config_path={path!r}: !include {cause.filename}: {cause.strerror}") from None
+        first = str(cause).splitlines()[0] if str(cause) else "invalid YAML"
         raise ConfigError(f"config_path={path!r}: not valid YAML ({first})") from None
     if data is None:
         return {}

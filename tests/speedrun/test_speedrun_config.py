@@ -37,6 +37,24 @@ def test_python_yaml_and_cli_build_the_same_config(tmp_path):
     assert (merged.optimizer.learning_rate, merged.optimizer.beta1) == (3e-4, 0.95)
 
 
+def test_a_config_file_may_include_another_as_draccus_reads_it(tmp_path):
+    (tmp_path / "opt.yaml").write_text("type: lion\nlearning_rate: 0.001\nbeta2: 0.98\n")
+    (tmp_path / "run.yaml").write_text("optimizer: !include opt.yaml\ntrain:\n  num_train_steps: 50\n")
+    cfg = parse_config(SpeedrunConfig, ["--config_path", str(tmp_path / "run.yaml")])
+    assert type(cfg.optimizer) is LionConfig and (cfg.optimizer.learning_rate, cfg.optimizer.beta2) == (
+        1e-3,
+        0.98,
+    )
+    assert cfg.train.num_train_steps == 50
+    # an included file's fields are checked like the file's own, and a missing one is one line
+    (tmp_path / "opt.yaml").write_text("type: lion\nbeta3: 0.9\n")
+    with pytest.raises(ConfigError, match="beta3"):
+        parse_config(SpeedrunConfig, ["--config_path", str(tmp_path / "run.yaml")])
+    (tmp_path / "opt.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"!include .*opt\.yaml: No such file"):
+        parse_config(SpeedrunConfig, ["--config_path", str(tmp_path / "run.yaml")])
+
+
 def test_the_resolved_config_carries_the_presets_sizes():
     cfg = parse_config(SpeedrunConfig, ["--model.preset", "30m", "--train.seq_len", "512"])
     data = cfg.to_dict()
