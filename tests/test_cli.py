@@ -108,6 +108,15 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, expected):
     assert expected in lines[0]
 
 
+def test_an_output_path_that_cannot_be_written_is_one_line(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    rc, out, err = run(capsys, "schedule", "--plot", str(blocker / "lr.png"))
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"plot={str(blocker / 'lr.png')!r}: {blocker} is a file, not a directory" in err
+    assert out == ""  # refused before the table is printed
+
+
 def test_unknown_yaml_key_is_reported_with_a_suggestion(capsys, tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("optimizer:\n  type: lion\n  beta_2: 0.98\n")

@@ -6,6 +6,7 @@ import dataclasses
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import draccus
@@ -168,6 +169,10 @@ def cmd_schedule(argv: Sequence[str]) -> int:
 
     cmd = parse_config(ScheduleCommand, argv)
     n = check_num_train_steps(cmd.num_train_steps)
+    if cmd.plot:
+        from marin_optim.speedrun.results import make_dir
+
+        make_dir(Path(cmd.plot).parent, "plot", cmd.plot)
     opt = cmd.optimizer
     lr = opt.lr_scheduler(n)
     wd = opt.weight_decay_scheduler(n)

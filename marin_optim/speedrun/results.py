@@ -8,6 +8,7 @@ speedrun layout: ``{"runs": [{"run_info": {...}}]}``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,12 +16,41 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from marin_optim.errors import ConfigError
+
 RESULTS = "results.json"
 METRICS = "metrics.jsonl"
 PARTIAL_METRICS = "metrics.partial.jsonl"
 CONFIG = "config.yaml"
 PLOT = "loss_curve.png"
 CHECKPOINTS = "checkpoints"
+
+
+def make_dir(path: str | Path, field: str, value: str | Path | None = None, *, keep: bool = True) -> Path:
+    """``path`` made a directory (with its parents) where it is not one, or a one-line
+    ``ConfigError`` naming ``field`` (and its ``value``, by default ``path``) where it cannot be (a
+    file in the way, no permission, a read-only file system): the check a command runs on its
+    output directory before anything heavy, so a run cannot train and then fail to write its
+    results. With ``keep=False`` the directories it made are removed again (a check that leaves
+    nothing behind)."""
+    p = Path(path)
+    given = f"{field}={str(path if value is None else value)!r}"
+    where = "" if value is None else f" {p}"
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{given}:{where}{' is' if where else ''} a file, not a directory")
+    missing = [d for d in (p, *p.parents) if not d.exists()]
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{given}: cannot create the directory{where} ({e.strerror or e})") from None
+    writable = os.access(p, os.W_OK | os.X_OK)
+    if not keep:
+        for d in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+    if not writable:
+        raise ConfigError(f"{given}: the directory{where} is not writable")
+    return p
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> None:

@@ -232,7 +232,7 @@ def run_search(
     sweep writes); returns the trials and the outcomes. The sweep directory is
     :func:`~marin_optim.sweep.trials.held` meanwhile: a second sweep there is refused, and cannot
     write over the report while it is written."""
-    root.mkdir(parents=True, exist_ok=True)
+    res.make_dir(root, "output_dir")
     with held(root / LOCK, busy=f"sweep: another sweep is running in {root}; wait for it or stop it"):
         store, outcomes = _search(base, spec, root, runner, log, force)
         if report is not None:

@@ -46,9 +46,16 @@ BAD_INPUTS = {
 
 
 def test_bad_input_fails_before_compiling_with_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    bad_inputs = {
+        **BAD_INPUTS,
+        "output_dir is a file": (["--output_dir", str(blocker)], f"output_dir={str(blocker)!r}: a file"),
+        "output_dir under a file": (["--output_dir", str(blocker / "run")], "cannot create the directory"),
+    }
     cases = {
         name: [*TINY_ARGS, "--output_dir", str(tmp_path / "x"), *argv]
-        for name, (argv, _) in BAD_INPUTS.items()
+        for name, (argv, _) in bad_inputs.items()
     }
     proc = run_python(
         f"""
@@ -72,13 +79,23 @@ def test_bad_input_fails_before_compiling_with_one_line(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = last_json_line(proc.stdout)
-    for name, (_, expected) in BAD_INPUTS.items():
+    for name, (_, expected) in bad_inputs.items():
         rc, err = out[name]
         assert rc == 2, (name, err)
         assert err.endswith("\n") and err.count("\n") == 1, (name, err)
         assert err.startswith("marin-optim speedrun: error: "), (name, err)
         assert expected in err, (name, err)
     assert not (tmp_path / "x").exists()  # nothing was written
+
+
+def test_make_dir_checks_and_with_keep_false_leaves_nothing(tmp_path):
+    deep = tmp_path / "a" / "b" / "c"
+    assert res.make_dir(deep, "output_dir", keep=False) == deep
+    assert not (tmp_path / "a").exists()
+    assert res.make_dir(deep, "output_dir").is_dir()
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError, match=r"plot='.*f/x\.png': .*f is a file, not a directory"):
+        res.make_dir(tmp_path / "f", "plot", tmp_path / "f" / "x.png")
 
 
 def test_top_level_cli_dispatches_speedrun_and_compare(capsys):

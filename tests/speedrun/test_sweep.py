@@ -127,6 +127,16 @@ def test_shared_optimizer_fields_may_be_nested_and_one_no_optimizer_has_is_refus
         make_spec(["lion"], shared={"lr_schedule.decay_fraction": 0.3})
 
 
+def test_an_output_dir_that_cannot_be_made_is_refused_before_any_trial(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    spec = make_spec(["lion"], seeds=1)
+    with pytest.raises(ConfigError, match=r"output_dir=.*: cannot create the directory"):
+        run_sweep(tiny_config(tmp_path / "unused"), spec, blocker / "sweep", workers=2)
+    with pytest.raises(ConfigError, match=r"output_dir=.*: a file, not a directory"):
+        run_sweep(tiny_config(tmp_path / "unused"), spec, blocker)
+
+
 def test_start_takes_each_optimizer_from_its_file_and_centres_its_grids_there(tmp_path):
     start = tmp_path / "best"
     write_start(start, "adamw", learning_rate=0.002, beta1=0.7, warmup=0.2)
