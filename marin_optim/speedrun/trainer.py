@@ -179,7 +179,8 @@ def preflight(cfg: SpeedrunConfig) -> Plan:
                 f"output_dir={str(run_dir)!r} holds an unfinished run (checkpoint at step {latest}); "
                 "pass --resume true to continue it or --overwrite true to start over"
             )
-    res.make_dir(run_dir, "output_dir", keep=False)  # writable, and nothing left behind
+    if jax.process_index() == 0:  # one process probes: another's removal cannot race its writes
+        res.make_dir(run_dir, "output_dir", keep=False)  # writable, and nothing left behind
     return Plan(
         mesh_shape=(data, model),
         num_devices=data * model,
