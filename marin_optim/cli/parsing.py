@@ -19,7 +19,7 @@ from draccus import cfgparsing
 from draccus import utils as draccus_utils
 
 from marin_optim.config import OptimizerConfig
-from marin_optim.config.base import merged
+from marin_optim.config.base import apply_dotted
 from marin_optim.errors import ConfigError, config_error_in, did_you_mean
 from marin_optim.registry import NamedRegistry, field_defaults
 
@@ -256,7 +256,7 @@ def _draccus_tree(config_path: str | None, overrides: dict[str, str]) -> dict[st
     if config_path is not None:
         with open(config_path, encoding="utf-8") as f:
             tree = cfgparsing.load_config(f, file=config_path) or {}
-    return merged(tree, draccus_utils.deflatten(values, sep="."))
+    return apply_dotted(tree, values)
 
 
 def run_guarded(label: str, body: Callable[[], int | None], *, interrupted: str = "interrupted") -> int:

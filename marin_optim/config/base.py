@@ -449,8 +449,8 @@ def merged(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def apply_dotted(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``data`` (a config as :meth:`OptimizerConfig.to_dict` writes it) with ``overrides`` set, as
-    the command line sets them: a dotted key sets a field of a nested config
+    """``data`` (a config tree, such as :meth:`OptimizerConfig.to_dict` writes) with ``overrides``
+    set, as the command line sets them: a dotted key sets a field of a nested config
     (``lr_schedule.decay_fraction``), and a nested config given by name (``lr_schedule: cosine``)
     is replaced by the mapping."""
     return merged(data, draccus.utils.deflatten(dict(overrides), sep="."))

@@ -133,53 +133,43 @@ class WrapperConfig(OptimizerConfig):
 
     # Everything a trainer or the CLI may ask of a config comes from the (derived) base.
 
-    def build(self, num_train_steps: int) -> optax.GradientTransformationExtraArgs:
+    def _from_base(self, method: str, *args: Any) -> Any:
+        """``method(*args)`` of the derived base, or this class's own where there is no base."""
         delegate = self._delegate()
-        return super().build(num_train_steps) if delegate is None else delegate.build(num_train_steps)
+        owner = super() if delegate is None else delegate
+        return getattr(owner, method)(*args)
+
+    def build(self, num_train_steps: int) -> optax.GradientTransformationExtraArgs:
+        return self._from_base("build", num_train_steps)
 
     def lr_scheduler(self, num_train_steps: int, override_lr: float | None = None) -> optax.Schedule:
-        delegate = self._delegate()
-        if delegate is None:
-            return super().lr_scheduler(num_train_steps, override_lr)
-        return delegate.lr_scheduler(num_train_steps, override_lr)
+        return self._from_base("lr_scheduler", num_train_steps, override_lr)
 
     def weight_decay_scheduler(self, num_train_steps: int) -> Any:
-        delegate = self._delegate()
-        if delegate is None:
-            return super().weight_decay_scheduler(num_train_steps)
-        return delegate.weight_decay_scheduler(num_train_steps)
+        return self._from_base("weight_decay_scheduler", num_train_steps)
 
     def hyperparameter_schedules(self, num_train_steps: int) -> dict[str, Any]:
-        delegate = self._delegate()
-        if delegate is None:
-            return super().hyperparameter_schedules(num_train_steps)
-        return delegate.hyperparameter_schedules(num_train_steps)
+        return self._from_base("hyperparameter_schedules", num_train_steps)
 
     def build_weight_decay_mask(self) -> Callable[[Any], Any] | None:
-        delegate = self._delegate()
-        return super().build_weight_decay_mask() if delegate is None else delegate.build_weight_decay_mask()
+        return self._from_base("build_weight_decay_mask")
 
     def update_rule(self, hp: Mapping[str, Any]) -> optax.GradientTransformation:
-        delegate = self._delegate()
-        return super().update_rule(hp) if delegate is None else delegate.update_rule(hp)
+        return self._from_base("update_rule", hp)
+
+    def parameter_groups(self) -> list[Any]:
+        return self._from_base("parameter_groups")
+
+    def peak_rates(self, params: Any) -> dict[str, tuple[float | str, float]]:
+        return self._from_base("peak_rates", params)
+
+    def describe_params(self, params: Any) -> list[tuple[str, str, bool]]:
+        return self._from_base("describe_params", params)
+
+    def param_table(self, params: Any) -> str:
+        return self._from_base("param_table", params)
 
     @property
     def uses_weight_decay(self) -> bool:
         delegate = self._delegate()
         return super().uses_weight_decay if delegate is None else delegate.uses_weight_decay
-
-    def parameter_groups(self) -> list[Any]:
-        delegate = self._delegate()
-        return super().parameter_groups() if delegate is None else delegate.parameter_groups()
-
-    def peak_rates(self, params: Any) -> dict[str, tuple[float | str, float]]:
-        delegate = self._delegate()
-        return super().peak_rates(params) if delegate is None else delegate.peak_rates(params)
-
-    def describe_params(self, params: Any) -> list[tuple[str, str, bool]]:
-        delegate = self._delegate()
-        return super().describe_params(params) if delegate is None else delegate.describe_params(params)
-
-    def param_table(self, params: Any) -> str:
-        delegate = self._delegate()
-        return super().param_table(params) if delegate is None else delegate.param_table(params)

@@ -22,7 +22,7 @@ from typing import Any
 
 from marin_optim.config import OptimizerConfig
 from marin_optim.config.base import apply_dotted
-from marin_optim.errors import ConfigError, yaml_value
+from marin_optim.errors import ConfigError, did_you_mean, yaml_value
 from marin_optim.speedrun import results as res
 from marin_optim.speedrun.config import SpeedrunConfig
 from marin_optim.speedrun.plots import Curve, plot_curves, smooth
@@ -90,8 +90,6 @@ def parse_optimizer_spec(spec: str, shared: dict[str, Any] | None = None) -> tup
     known = {f.name for f in dataclasses.fields(cls)}
     for key in fields:
         if key not in known:
-            from marin_optim.errors import did_you_mean
-
             raise ConfigError(f"compare: {spec!r}: {name} has no field {key!r}{did_you_mean(key, known)}")
     config = OptimizerConfig.from_dict({"type": name, **fields})
     label = re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec.replace(":", "-").replace(",", "-"))
