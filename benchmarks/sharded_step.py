@@ -13,6 +13,10 @@ there.
     python benchmarks/sharded_step.py     # the matrix optimizers and adamw, on 1, 8 and 32 devices
     python benchmarks/sharded_step.py --optimizers all --devices 1,8 --out results.json
     python benchmarks/sharded_step.py --devices local --wall 20    # on this machine's accelerators
+    python benchmarks/sharded_step.py --optimizers dion,dion:qr_method=qr --devices local --wall 20
+
+An optimizer is a registered name or, as ``marin-optim compare`` takes it, ``NAME:field=value``
+with more ``field=value`` after commas (``dion:qr_method=qr,rcqr_oversample=2,soap``: two).
 
 The tree: the speedrun's Llama with d=512, ffn 1536, 4 scan-stacked layers (28 matrices of two
 shapes), byte vocabulary. Each device count runs in its own process (XLA fixes the device count
@@ -48,6 +52,7 @@ def measure(names: list[str], unspread: bool = False, wall: int = 0, unfused: bo
 
     from marin_optim import OptimizerConfig
     from marin_optim.speedrun.analysis import analyse_update
+    from marin_optim.speedrun.compare import parse_optimizer_spec
     from marin_optim.speedrun.mesh import MeshConfig
     from marin_optim.speedrun.model import ModelConfig
 
@@ -56,7 +61,7 @@ def measure(names: list[str], unspread: bool = False, wall: int = 0, unfused: bo
         names = sorted(OptimizerConfig.registered())
     for name in names:
         start = time.perf_counter()
-        cfg = OptimizerConfig.from_dict({"type": name})
+        cfg = parse_optimizer_spec(name)[1]
         mesh = MeshConfig(data=jax.device_count(), model=1)
         try:
             try:
@@ -72,6 +77,19 @@ def measure(names: list[str], unspread: bool = False, wall: int = 0, unfused: bo
         row["optimizer"] = name + (" (not spread)" if unspread else "")
         row["seconds"] = time.perf_counter() - start  # compiles included
         yield row
+
+
+def optimizer_specs(text: str) -> list[str]:
+    """``--optimizers`` split into specs: ``"dion,dion:qr_method=qr,rcqr_oversample=2,soap"`` ->
+    ``["dion", "dion:qr_method=qr,rcqr_oversample=2", "soap"]`` (an item with ``=`` and no ``:``
+    continues the spec before it)."""
+    specs: list[str] = []
+    for item in text.split(","):
+        if "=" in item and ":" not in item and specs:
+            specs[-1] += "," + item
+        else:
+            specs.append(item)
+    return specs
 
 
 def run(
@@ -166,7 +184,9 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
-        "--optimizers", default=DEFAULT_OPTIMIZERS, help="comma-separated registered names, or all"
+        "--optimizers",
+        default=DEFAULT_OPTIMIZERS,
+        help="comma-separated registered names (or NAME:field=value,... specs), or all",
     )
     ap.add_argument(
         "--devices",
@@ -189,9 +209,18 @@ def main() -> None:
         from marin_optim.sweep.trials import stop_with
 
         stop_with(os.getppid())  # a benchmark killed mid-run takes its child with it
-        for row in measure(args.optimizers.split(","), args.unspread, args.wall, not args.fused_only):
+        for row in measure(optimizer_specs(args.optimizers), args.unspread, args.wall, not args.fused_only):
             print("ROW " + json.dumps(row), flush=True)
         return
+    if args.optimizers != "all":
+        from marin_optim.errors import ConfigError
+        from marin_optim.speedrun.compare import parse_optimizer_spec
+
+        for spec in optimizer_specs(args.optimizers):
+            try:
+                parse_optimizer_spec(spec)
+            except ConfigError as e:
+                ap.error(f"--optimizers: {e}")
     counts = args.devices.split(",")
     for n in counts:
         if n != "local" and not (n.isdigit() and int(n) > 0):

@@ -18,7 +18,13 @@ from marin_optim.labels import ParamLabeler
 from marin_optim.optimizers.dion import DionConfig
 from marin_optim.optimizers.muon import MuonConfig
 from marin_optim.state import hyperparams
-from marin_optim.transforms.dion import dion_rank, scale_by_dion
+from marin_optim.transforms.dion import (
+    dion_rank,
+    orthonormal_columns,
+    randomized_cholesky_qr,
+    scale_by_dion,
+    sign_sketch,
+)
 
 
 def _single_threaded_openblas() -> None:
@@ -59,16 +65,22 @@ def dion_numpy(x, grads, q0, lr, mu=0.95, wd=0.0, eps=1e-8):
     return x, updates
 
 
+@pytest.mark.parametrize("qr_method", ["rcqr", "qr"])
 @pytest.mark.parametrize(
     ("shape", "rank_fraction", "rank_multiple_of"),
-    [((24, 16), 1.0, 1), ((16, 40), 0.5, 1), ((24, 16), 0.3, 4)],
+    [((24, 16), 1.0, 1), ((16, 40), 0.5, 1), ((24, 16), 0.3, 4), ((12, 12), 1.0, 1)],
 )
-def test_dion_matches_numpy_algorithm(shape, rank_fraction, rank_multiple_of) -> None:
+def test_dion_matches_numpy_algorithm(shape, rank_fraction, rank_multiple_of, qr_method) -> None:
+    """Householder QR in the reference; ``rcqr`` (sketched on the first three shapes, not on the
+    square one, whose sketch would be taller than the matrix) gives the same update."""
     rng = np.random.default_rng(0)
     x0 = rng.standard_normal(shape).astype(np.float32)
     grads = [rng.standard_normal(shape).astype(np.float32) for _ in range(3)]
     tx = scale_by_dion(
-        ParamLabeler(OUT_IN).matrix_axes, rank_fraction=rank_fraction, rank_multiple_of=rank_multiple_of
+        ParamLabeler(OUT_IN).matrix_axes,
+        rank_fraction=rank_fraction,
+        rank_multiple_of=rank_multiple_of,
+        qr_method=qr_method,
     )
     state = tx.init({"w": jnp.asarray(x0)})
     q0 = np.asarray(state.q["w"][0])
@@ -84,6 +96,59 @@ def test_dion_matches_numpy_algorithm(shape, rank_fraction, rank_multiple_of) ->
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=f"step {k}")
     s = np.linalg.svd(ours[-1] / math.sqrt(shape[0] / shape[1]), compute_uv=False)
     assert np.sum(s > 1e-3) == r  # a rank-r update
+
+
+def _ill_conditioned(rng, batch: int, rows: int, cols: int, cond: float) -> np.ndarray:
+    u = np.linalg.qr(rng.standard_normal((batch, rows, cols)))[0]
+    v = np.linalg.qr(rng.standard_normal((batch, cols, cols)))[0]
+    return ((u * np.logspace(0, -math.log10(cond), cols)) @ v).astype(np.float32)
+
+
+def test_randomized_cholesky_qr_is_householders_q_up_to_column_signs() -> None:
+    """Randomized Cholesky QR against numpy's Householder QR (float64) on matrices whose condition
+    numbers reach 1e4, sketched (tall) and not (square): the same ``Q`` up to column signs, and
+    orthonormal to float32 rounding; ``orthonormal_columns`` keeps that result (no fallback)."""
+    rng = np.random.default_rng(3)
+    for rows, cols, sketched in [(96, 16, True), (40, 32, False)]:
+        p = _ill_conditioned(rng, 3, rows, cols, 1e4)
+        assert (math.ceil(1.25 * cols) < rows) == sketched
+        fast = np.asarray(orthonormal_columns(jnp.asarray(p), method="rcqr"))
+        q = np.linalg.qr(p.astype(np.float64))[0]
+        signs = np.sign(np.sum(fast * q, axis=-2, keepdims=True))
+        np.testing.assert_allclose(fast, q * signs, atol=2e-3)
+        np.testing.assert_allclose(fast.mT @ fast, np.broadcast_to(np.eye(cols), (3, cols, cols)), atol=1e-5)
+        key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), rows))[0]
+        sketch = sign_sketch(key, math.ceil(1.25 * cols), rows)
+        direct = randomized_cholesky_qr(jnp.asarray(p), sketch if sketched else None)
+        np.testing.assert_array_equal(fast, np.asarray(direct))
+
+
+def test_matrices_cholesky_qr_breaks_on_are_redone_by_householder_qr_and_zero_ones_give_zeros() -> None:
+    """Cholesky QR breaks down on a ``P`` with a zero column (``B Q`` when a column of ``Q`` is
+    zero: its ``R`` has a zero on the diagonal): that matrix takes Householder QR's ``Q``, an
+    all-zero matrix gives zeros, and the full-rank one in the same batch keeps its own."""
+    rng = np.random.default_rng(4)
+    full = _ill_conditioned(rng, 1, 48, 8, 10.0)[0]
+    broken = full.copy()
+    broken[:, 3] = 0.0
+    p = jnp.asarray(np.stack([full, broken, np.zeros_like(full)]))
+    assert not np.all(np.isfinite(np.asarray(randomized_cholesky_qr(p[1:2], None))))
+    rcqr = jax.jit(lambda x: orthonormal_columns(x, method="rcqr"))
+    out, alone = np.asarray(rcqr(p)), np.asarray(rcqr(p[:1]))
+    householder = np.asarray(jax.jit(lambda x: orthonormal_columns(x, method="qr"))(p))
+    assert np.abs(householder[0] - alone[0]).max() > 0.1  # the two differ in column signs here
+    np.testing.assert_allclose(out[0], alone[0], atol=1e-6)
+    np.testing.assert_array_equal(out[1], householder[1])
+    np.testing.assert_array_equal(out[2], 0.0)
+    np.testing.assert_allclose(out[1].T @ out[1], np.eye(8), atol=1e-5)
+
+
+def test_sign_sketch_entries() -> None:
+    s = np.asarray(sign_sketch(jax.random.PRNGKey(0), 40, 70))
+    assert s.shape == (40, 70)
+    assert np.unique(np.abs(s)).size == 1 and np.abs(s[0, 0]) == pytest.approx(1 / math.sqrt(40))
+    assert abs(np.mean(s > 0) - 0.5) < 0.05  # 2,800 fair signs: 5 sigma is 0.047
+    assert not np.array_equal(s, np.asarray(sign_sketch(jax.random.PRNGKey(1), 40, 70)))
 
 
 def test_dion_rank() -> None:
@@ -168,6 +233,8 @@ def test_dion_config_validation() -> None:
         ({"dion_epsilon": -1.0}, "dion_epsilon"),
         ({"momentum": 1.0}, "momentum"),
         ({"adam_lr": -1.0}, "adam_lr"),
+        ({"qr_method": "householder"}, r"dion\.qr_method='householder': expected one of 'rcqr', 'qr'"),
+        ({"rcqr_oversample": 0.5}, r"dion\.rcqr_oversample=0\.5: must be in \[1, inf\)"),
     ]:
         with pytest.raises(ConfigError, match=match):
             DionConfig(**kwargs)

@@ -96,8 +96,9 @@ SCRIPT = textwrap.dedent(
 OPTIMIZERS = {
     "muon": {"type": "muon", "ns_dtype": "float32", "warmup": 0, "learning_rate": 0.02},
     # normuon, scion, namo, namoD, muonH, grug_muon take muon's path (map_orthogonalized)
-    # rank 1/4: the QR (on a CPU a loop, which the cost analysis counts once, not once per
-    # matrix) stays small beside the matmuls the count is about
+    # rank 1/4: the factorisations (on a CPU loops, which the cost analysis counts once, not once
+    # per matrix) stay small beside the matmuls the count is about; the 192-row matrices are
+    # sketched (randomized Cholesky QR), the 64-row ones not
     "dion": {"type": "dion", "warmup": 0, "rank_fraction": 0.25},
     # blocks of 32: each 64 x 64 matrix is 4 blocks, each 64 x 192 one 12. No clip: the global
     # norm is summed over the devices' shards in another order, so with the clip on every gradient
@@ -124,7 +125,8 @@ DEFAULT_TOLERANCE = 1e-5
 TRAFFIC = {"muon": 2.0, "dion": 3.0, "kron": 2.75, "soap": 6.0}
 """The most bytes a device may access (``unfused_cost``) on 8 devices, in multiples of a fair share
 (one device's / 8); undivided, Muon's is 4.8x on the benchmark's model. Measured on this tree
-(2026-12-04): muon 1.48, Dion 2.41 (2.69 on data 4 x model 2), Kron 2.43, SOAP 5.30. This tree is
+(2026-12-04): muon 1.48, Kron 2.43, SOAP 5.30; Dion with its randomized Cholesky QR 2.38 (2.62 on
+data 4 x model 2; 2026-12-06). This tree is
 small enough that SOAP and Kron merge each of its tensors into one axis, cut into vectors of 32
 values (``block_size`` 32): stacks of items under ``SMALL_STATE``, which stay whole on every device
 (docs/performance.md, pod scale); the benchmark's model is cut into 256 x 256 blocks without a
@@ -409,7 +411,8 @@ def test_the_update_is_timed_on_this_machines_devices_with_its_state_fed_forward
 
 def test_sharded_step_table_and_device_arguments():
     """The benchmark's table shows the wall-time column only when a row has one and a dash where
-    no unfused compile ran; a device count that is neither positive nor ``local`` is refused."""
+    no unfused compile ran; a device count that is neither positive nor ``local`` is refused; an
+    optimizer may carry its fields (a spec as ``compare`` takes it), and a bad one is refused."""
     import subprocess
     import sys
     from pathlib import Path
@@ -444,3 +447,11 @@ def test_sharded_step_table_and_device_arguments():
     assert (
         bad.returncode == 2 and "--devices: '0' is neither a positive device count nor 'local'" in bad.stderr
     )
+    specs = sharded_step.optimizer_specs("dion,dion:qr_method=qr,rcqr_oversample=2,soap")
+    assert specs == ["dion", "dion:qr_method=qr,rcqr_oversample=2", "soap"]
+    bad = subprocess.run(
+        [sys.executable, str(path), "--optimizers", "dion:rcqr_oversample=0.5"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "--optimizers: dion.rcqr_oversample=0.5: must be in [1, inf)" in bad.stderr

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import optax
 
 from marin_optim.config import OptimizerConfig
 from marin_optim.optimizers.muon import MatrixAdamWConfig
-from marin_optim.transforms.dion import scale_by_dion, scale_by_inverse_sqrt_fan_in_learning_rate
-from marin_optim.validation import check_int, check_range
+from marin_optim.transforms.dion import (
+    QR_METHODS,
+    scale_by_dion,
+    scale_by_inverse_sqrt_fan_in_learning_rate,
+)
+from marin_optim.validation import check_choice, check_int, check_range
 
 GROUP = "Matrix-aware (orthogonalised updates)"
 
@@ -25,10 +29,12 @@ class DionConfig(MatrixAdamWConfig):
     https://arxiv.org/abs/2504.05295, Algorithm 1; see
     :func:`~marin_optim.transforms.dion.scale_by_dion`), for an ``m x n`` (out x in) matrix::
 
-        B = M + G;  P = QR(B Q);  R = B^T P;  M = B - (1 - momentum) P R^T;  Q = colnorm(R)
+        B = M + G;  P = orthonormalize(B Q);  R = B^T P;  M = B - (1 - momentum) P R^T;  Q = colnorm(R)
         p = p - lr (sqrt(m / n) P Q^T + wd p)
 
-    with rank ``r = rank_multiple_of * ceil(rank_fraction * min(m, n) / rank_multiple_of)``.
+    with rank ``r = rank_multiple_of * ceil(rank_fraction * min(m, n) / rank_multiple_of)``;
+    ``orthonormalize`` is randomized Cholesky QR (``qr_method: rcqr``, the reference's) or
+    Householder QR (``qr``), the same ``P`` up to column signs.
     Embeddings, norms and biases use AdamW at ``adam_lr``; the output head uses AdamW at
     ``learning_rate / sqrt(d_model)`` (Dion's and OLMo-core's rule; logged as
     ``lm_head/learning_rate``; ``scale_head_lr: false`` puts it with the embeddings instead).
@@ -51,7 +57,13 @@ class DionConfig(MatrixAdamWConfig):
     """Update the output head with AdamW at learning_rate / sqrt(d_model) (Dion's rule); false:
     at adam_lr, like the embeddings."""
     seed: int = 0
-    """Seed of the random initial power-iteration factor Q."""
+    """Seed of the random initial power-iteration factor Q (and of rcqr's sketch)."""
+    qr_method: Literal["rcqr", "qr"] = "rcqr"
+    """How B Q is orthonormalised: rcqr (randomized Cholesky QR: matrix products, one small QR and
+    a Cholesky factorisation; a matrix it cannot orthonormalise is redone by Householder QR) or qr
+    (Householder QR of B Q)."""
+    rcqr_oversample: float = 1.25
+    """rcqr's sketch has 128 * ceil(rcqr_oversample * r / 128) rows (at least 1)."""
 
     BRANCHES: ClassVar[dict[str, str]] = {
         "matrix": "dion",
@@ -66,6 +78,8 @@ class DionConfig(MatrixAdamWConfig):
         check_int(self, "rank_multiple_of")
         check_range(self, "dion_epsilon", 0.0)
         check_int(self, "seed", 0)
+        check_choice(self, "qr_method", QR_METHODS)
+        check_range(self, "rcqr_oversample", 1.0)
 
     def branch_rates(self) -> dict[str, tuple[float | str, float]]:
         rates = super().branch_rates()
@@ -86,6 +100,8 @@ class DionConfig(MatrixAdamWConfig):
             rank_multiple_of=self.rank_multiple_of,
             eps=self.dion_epsilon,
             seed=self.seed,
+            qr_method=self.qr_method,
+            rcqr_oversample=self.rcqr_oversample,
         )
         branches = {
             "dion": self.branch(hp, dion, hp["learning_rate"]),
