@@ -63,7 +63,7 @@ class DionConfig(MatrixAdamWConfig):
     a Cholesky factorisation; a matrix it cannot orthonormalise is redone by Householder QR) or qr
     (Householder QR of B Q)."""
     rcqr_oversample: float = 1.25
-    """rcqr's sketch has 128 * ceil(rcqr_oversample * r / 128) rows (at least 1)."""
+    """At least 1: rcqr sketches B Q down to ceil(rcqr_oversample * r) rows where it has more."""
 
     BRANCHES: ClassVar[dict[str, str]] = {
         "matrix": "dion",

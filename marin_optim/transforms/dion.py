@@ -185,14 +185,14 @@ def orthonormal_columns(
     feedback do not see those signs).
 
     ``method="qr"``: Householder QR (``jnp.linalg.qr``). ``method="rcqr"``: randomized Cholesky QR
-    (:func:`randomized_cholesky_qr`, sketched by ``ceil(oversample r)`` random signs per column
-    where that is fewer rows than ``P`` has), the orthonormalisation of Dion's reference
-    implementation (Ahn et al., 2025): matrix products, a QR of the sketch (its ``R`` only) and a
-    Cholesky factorisation, in place of a Householder QR of ``P`` and its explicit ``Q``, which
-    GPUs run slowly. Cholesky QR breaks down where ``P`` is rank deficient (a zero column: ``B Q``
-    when a column of ``Q`` is zero); a result that is not finite, or not orthonormal to
-    :data:`ORTHONORMALITY_TOLERANCE` on random probes, is redone by Householder QR (one
-    ``lax.cond`` for the batch: the Householder QR runs only when some matrix needs it). An
+    (:func:`randomized_cholesky_qr`; ``P`` sketched down to ``ceil(oversample r)`` rows by
+    :func:`sign_sketch` where it has more), the orthonormalisation of Dion's reference
+    implementation (Ahn et al., 2025): matrix products, a QR of the sketched ``P`` (its ``R``
+    only) and a Cholesky factorisation, in place of a Householder QR of ``P`` and its explicit
+    ``Q``, which GPUs run slowly. Cholesky QR breaks down where ``P`` is rank deficient (a zero
+    column: ``B Q`` when a column of ``Q`` is zero); a result that is not finite, or not
+    orthonormal to :data:`ORTHONORMALITY_TOLERANCE` on random probes, is redone by Householder QR
+    (one ``lax.cond`` for the batch: the Householder QR runs only when some matrix needs it). An
     all-zero ``P`` gives zeros. The factorisations go through
     :func:`~marin_optim.transforms.blocks.per_matrix`."""
     p = p.astype(jnp.float32)
