@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from marin_optim.errors import ConfigError
+from marin_optim.speedrun import results as res
 from marin_optim.speedrun.config import SpeedrunConfig
 from marin_optim.sweep.grids import parse_grid_option, resolve_grids
 from marin_optim.sweep.report import steps_to_reach, write_report
@@ -87,6 +88,7 @@ def run_sweep(
     in ``workers`` local processes, or with ``ray`` (an address, ``auto`` or ``local``) as Ray
     tasks of ``ray_cpus`` CPUs and ``ray_gpus`` GPUs each."""
     root = Path(output_dir)
+    res.make_dir(root, "output_dir", keep=False)  # before a runner starts (Ray): nothing is left
     runner: Runner = RayRunner(ray, ray_cpus, ray_gpus) if ray else LocalRunner(workers)
     summary: dict[str, Any] = {}
 

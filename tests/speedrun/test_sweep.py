@@ -137,6 +137,18 @@ def test_an_output_dir_that_cannot_be_made_is_refused_before_any_trial(tmp_path)
         run_sweep(tiny_config(tmp_path / "unused"), spec, blocker)
 
 
+def test_an_output_dir_that_cannot_be_made_is_refused_before_ray_starts(tmp_path, monkeypatch):
+    import marin_optim.sweep as sweep
+
+    started = []
+    monkeypatch.setattr(sweep, "RayRunner", lambda *args: started.append(args))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"output_dir=.*: a file, not a directory"):
+        run_sweep(tiny_config(tmp_path / "unused"), make_spec(["lion"], seeds=1), blocker, ray="local")
+    assert started == [] and not (tmp_path / "unused").exists()
+
+
 def test_start_takes_each_optimizer_from_its_file_and_centres_its_grids_there(tmp_path):
     start = tmp_path / "best"
     write_start(start, "adamw", learning_rate=0.002, beta1=0.7, warmup=0.2)
