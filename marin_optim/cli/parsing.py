@@ -217,7 +217,7 @@ def parse_config(config_cls: type[T], argv: Sequence[str]) -> T:
     yaml_tree = load_yaml(config_path) if config_path else {}
     check_keys(config_cls, yaml_tree, overrides)
     try:
-        return draccus.decode(config_cls, _draccus_tree(config_path, overrides))
+        return draccus.decode(config_cls, _draccus_tree(yaml_tree, overrides))
     except ConfigError:
         raise
     except Exception as e:
@@ -234,10 +234,11 @@ def parse_config_with_draccus(config_cls: type[T], argv: Sequence[str]) -> T:
     return draccus.parse(config_class=config_cls, config_path=config_path, args=args, exit_on_error=False)
 
 
-def _draccus_tree(config_path: str | None, overrides: dict[str, str]) -> dict[str, Any]:
+def _draccus_tree(tree: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
     """The tree ``draccus.parse`` decodes, built as it builds it but without its argparse parser:
-    the config file's tree (draccus's loader), each override's value read as draccus reads one
-    (YAML; ``include FILE`` loads a file), the dotted keys nested and merged over the file's.
+    ``tree`` (the config file as :func:`load_yaml` reads it), each override's value read as
+    draccus reads one (YAML; ``include FILE`` loads a file), the dotted keys nested and merged
+    over the file's.
 
     draccus's parser adds an option for every field of every class of every registry in the
     config (the optimizers, twice over with the wrapped ones) and reads each one's help text from
@@ -252,10 +253,6 @@ def _draccus_tree(config_path: str | None, overrides: dict[str, str]) -> dict[st
             with open(value[len("include ") :], encoding="utf-8") as f:
                 value = cfgparsing.load_config(f)
         values[key] = value
-    tree: dict[str, Any] = {}
-    if config_path is not None:
-        with open(config_path, encoding="utf-8") as f:
-            tree = cfgparsing.load_config(f, file=config_path) or {}
     return apply_dotted(tree, values)
 
 
